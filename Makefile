@@ -1,0 +1,38 @@
+# Two commands for a new machine: `make run` (the product on embedded defaults) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install rasa browser bench lint clean
+
+run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
+	$(BIN)/scrm serve
+
+test: install rasa browser  ## the whole test suite (PostgreSQL and Redis on 127.0.0.1 are used)
+	$(BIN)/python -m pytest -q
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed for the app"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip 2> >(grep -v "^WARNING: Location" >&2) || true
+	$(BIN)/python -m pip install --quiet --pre -e '.[test]' 2> >(grep -v "^WARNING: Location" >&2)
+	touch $(STAMP)
+
+rasa:  ## the Rasa virtualenv (Python 3.10), created once and kept while nlu/requirements-rasa.txt is unchanged
+	bash scripts/setup_rasa.sh
+
+browser:  ## headless Chromium for the sandbox page test (Debian's package)
+	@command -v chromium >/dev/null 2>&1 || bash scripts/install_chromium.sh
+
+bench: install  ## ingest benchmark on PostgreSQL (see bench/README.md)
+	$(BIN)/python bench/ingest.py
+
+lint:
+	$(BIN)/python -m ruff check bot nlu flows crm_store admin_cli tests bench
+
+clean:
+	rm -rf $(VENV) .venv-rasa var

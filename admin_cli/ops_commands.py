@@ -1,0 +1,91 @@
+"""Operations commands: migrate, config show, and what the inbox and outbox hold."""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+from sqlalchemy import select
+
+from admin_cli.main import cli, echo_json, settings_of
+from crm_store.db import create_engine, session_factory
+from crm_store.migrate import upgrade
+from crm_store.models import InboxItem, OutboxItem
+
+QUEUES = {"inbox": InboxItem, "outbox": OutboxItem}
+
+
+@cli.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Bring the database (store.url) to the newest schema; safe to run again.
+
+    Example: SCRM__STORE__URL=postgresql+asyncpg://postgres@127.0.0.1/scrm scrm migrate
+    """
+    settings = settings_of(ctx)
+    upgrade(settings.store.url)
+    click.echo("database is up to date")
+
+
+@cli.group()
+def config() -> None:
+    """Look at the effective configuration."""
+
+
+@config.command("show")
+@click.pass_context
+def config_show(ctx: click.Context) -> None:
+    """Print the settings after config.yaml and SCRM__ overrides, secrets masked.
+
+    Example: SCRM__SERVER__PORT=9000 scrm config show
+    """
+    echo_json(settings_of(ctx).masked())
+
+
+def _queue_command(name: str) -> None:
+    model = QUEUES[name]
+
+    @cli.group(name=name, help=f"Look at the {name}.")
+    def group() -> None:
+        pass
+
+    @group.command("list")
+    @click.option("--status", type=click.Choice(["pending", "claimed", "done", "failed"]), default="failed",
+                  show_default=True)
+    @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
+    @click.pass_context
+    def list_items(ctx: click.Context, status: str, limit: int, as_json: bool) -> None:
+        rows = asyncio.run(_items(settings_of(ctx).store.url, model, status, limit))
+        if as_json:
+            echo_json(rows)
+            return
+        if not rows:
+            click.echo(f"no {status} items")
+        for row in rows:
+            click.echo(f"#{row['id']} {row['kind']} attempts={row['attempts']} {row['last_error'] or ''}")
+
+    list_items.help = f"""List {name} items by status, newest first, with the last error.
+
+    Example: scrm {name} list --status failed --json
+    """
+
+
+async def _items(url: str, model: type[InboxItem] | type[OutboxItem], status: str, limit: int) -> list[dict]:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session:
+            rows = await session.scalars(
+                select(model).where(model.status == status).order_by(model.id.desc()).limit(limit)
+            )
+            return [
+                {"id": row.id, "kind": row.kind, "status": row.status, "attempts": row.attempts,
+                 "last_error": row.last_error, "created_at": row.created_at, "payload": row.payload}
+                for row in rows
+            ]
+    finally:
+        await engine.dispose()
+
+
+for _name in QUEUES:
+    _queue_command(_name)

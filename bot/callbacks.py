@@ -1,0 +1,113 @@
+"""The callback endpoints: verify, decrypt, store durably, answer at once.
+
+Nothing here waits on NLU, the conversation or the WeCom API: the event is in the
+inbox before "success" goes back, and the worker takes it from there. WeChat retries
+the same callback when we are slow; the inbox's unique key turns a retry into a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import metrics
+from bot.channels.base import CallbackError
+from bot.events import InboundEvent
+from bot.inbox import store_events
+
+log = logging.getLogger("scrm.callbacks")
+
+
+class CallbackChannel(Protocol):
+    def verify_url(self, query: dict[str, str]) -> str: ...
+
+    def open(self, query: dict[str, str], body: bytes) -> dict[str, object]: ...
+
+    def parse(self, message: dict[str, object]) -> list[InboundEvent]: ...
+
+
+class CallbackEndpoint:
+    """GET answers WeChat's URL check; POST stores the callback's events in the inbox."""
+
+    def __init__(
+        self,
+        name: str,
+        channel: CallbackChannel,
+        sessions: async_sessionmaker[AsyncSession],
+        max_body_bytes: int,
+        on_stored: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self.channel = channel
+        self.sessions = sessions
+        self.max_body_bytes = max_body_bytes
+        self.on_stored = on_stored
+
+    async def verify(self, request: web.Request) -> web.Response:
+        try:
+            echo = self.channel.verify_url(dict(request.query))
+        except CallbackError as exc:
+            return self._refuse(exc)
+        metrics.CALLBACKS.labels(self.name, "verified").inc()
+        return web.Response(text=echo)
+
+    async def receive(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            body = await self._read_body(request)
+            events = self.channel.parse(self.channel.open(dict(request.query), body))
+        except CallbackError as exc:
+            return self._refuse(exc)
+        if events:
+            async with self.sessions() as session, session.begin():
+                new = await store_events(session, events)
+            metrics.INBOX_STORED.labels(self.name).inc(new)
+            metrics.INBOX_DUPLICATES.labels(self.name).inc(len(events) - new)
+            if new:
+                self.on_stored()
+        metrics.CALLBACKS.labels(self.name, "stored" if events else "ignored").inc()
+        metrics.CALLBACK_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        return web.Response(text="success")
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise CallbackTooLarge(f"body over {self.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body.extend(chunk)
+            if len(body) > self.max_body_bytes:
+                raise CallbackTooLarge(f"body over {self.max_body_bytes} bytes")
+        return bytes(body)
+
+    def _refuse(self, exc: CallbackError) -> web.Response:
+        outcome = "rejected" if exc.status == 403 else "malformed"
+        metrics.CALLBACKS.labels(self.name, outcome).inc()
+        log.warning("callback.%s channel=%s reason=%s", outcome, self.name, exc)
+        return web.Response(status=exc.status, text=str(exc))
+
+
+class CallbackTooLarge(CallbackError):
+    status = 400
+
+
+CALLBACK_PATHS = ("/wecom/kf/callback", "/wecom/contacts/callback", "/wecom/app/callback", "/oa/callback")
+ENDPOINTS = web.AppKey("callback_endpoints", dict)
+
+
+def add_callback_routes(app: web.Application) -> None:
+    """GET and POST for each callback path; the endpoints themselves are set at start-up."""
+
+    async def verify(request: web.Request) -> web.Response:
+        return await request.app[ENDPOINTS][request.path].verify(request)
+
+    async def receive(request: web.Request) -> web.Response:
+        return await request.app[ENDPOINTS][request.path].receive(request)
+
+    for path in CALLBACK_PATHS:
+        app.router.add_get(path, verify)
+        app.router.add_post(path, receive)

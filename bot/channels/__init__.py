@@ -1,0 +1,1 @@
+"""Input channels: verify, decrypt and parse a callback into `InboundEvent`s."""

@@ -1,0 +1,186 @@
+"""WeCom callbacks (微信客服, 客户联系, the self-built app): verify, decrypt, parse.
+
+Crypto is wechatpy's; this module adds the timestamp check and maps WeCom's XML and
+`kf/sync_msg` JSON onto `InboundEvent`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from wechatpy.work.crypto import PrpCrypto, WeChatCrypto
+
+from bot.channels.base import (
+    CallbackRejected,
+    Clock,
+    MalformedCallback,
+    check_signature,
+    check_timestamp,
+    parse_xml,
+    required,
+    text_of,
+)
+from bot.events import Channel, InboundEvent
+
+CONTACT_CHANGES = {
+    "add_external_contact": "contact_added",
+    "add_half_external_contact": "contact_added",
+    "edit_external_contact": "contact_edited",
+    "del_external_contact": "contact_lost",  # the rep deleted the customer
+    "del_follow_user": "contact_removed",  # the customer deleted the rep
+}
+
+
+class WecomCallback:
+    """One WeCom callback URL: its token and EncodingAESKey under the corp id."""
+
+    def __init__(
+        self, channel: Channel, token: str, aes_key: str, corp_id: str, tolerance_s: int, clock: Clock = time.time
+    ) -> None:
+        self.channel = channel
+        self.crypto = WeChatCrypto(token, aes_key, corp_id)
+        self.token = token
+        self.tolerance_s = tolerance_s
+        self.clock = clock
+
+    def verify_url(self, query: Mapping[str, str]) -> str:
+        """The GET that WeCom sends when the URL is saved: answer the decrypted echostr."""
+        signature, timestamp, nonce, echostr = required(query, "msg_signature", "timestamp", "nonce", "echostr")
+        check_timestamp(timestamp, self.tolerance_s, self.clock)
+        check_signature(signature, self.token, timestamp, nonce, echostr)
+        return self._decrypt_text(echostr)
+
+    def open(self, query: Mapping[str, str], body: bytes) -> dict[str, Any]:
+        """Check the signature and timestamp, decrypt, and return the inner message."""
+        signature, timestamp, nonce = required(query, "msg_signature", "timestamp", "nonce")
+        check_timestamp(timestamp, self.tolerance_s, self.clock)
+        envelope = parse_xml(body)
+        encrypted = text_of(envelope, "Encrypt")
+        if not encrypted:
+            raise MalformedCallback("missing <Encrypt>")
+        check_signature(signature, self.token, timestamp, nonce, encrypted)
+        return parse_xml(self._decrypt_text(encrypted))
+
+    def _decrypt_text(self, encrypted: str) -> str:
+        try:
+            return PrpCrypto(self.crypto.key).decrypt(encrypted, self.crypto.corp_id)
+        except Exception:  # noqa: BLE001 - any failure to decrypt is the sender's fault
+            raise CallbackRejected("cannot decrypt the message") from None
+
+    def parse(self, message: Mapping[str, Any]) -> list[InboundEvent]:
+        msg_type = text_of(message, "MsgType")
+        event = text_of(message, "Event")
+        if not msg_type:
+            raise MalformedCallback("missing <MsgType>")
+        if self.channel == "kf":
+            return [kf_sync_event(message)] if event == "kf_msg_or_event" else []
+        if self.channel == "contacts":
+            return [contact_event(message)] if event == "change_external_contact" else []
+        return [app_event(message)]
+
+
+def kf_sync_event(message: Mapping[str, Any]) -> InboundEvent:
+    open_kfid = text_of(message, "OpenKfId")
+    if not open_kfid:
+        raise MalformedCallback("kf_msg_or_event without <OpenKfId>")
+    created = text_of(message, "CreateTime")
+    token = text_of(message, "Token")
+    return InboundEvent(
+        channel="kf",
+        kind="kf_sync",
+        dedup_key=f"kf-notify:{open_kfid}:{created}:{token}",
+        sender=open_kfid,
+        account=open_kfid,
+        sync_token=token,
+        created_at=_int(created),
+    )
+
+
+def contact_event(message: Mapping[str, Any]) -> InboundEvent:
+    change = text_of(message, "ChangeType")
+    external = text_of(message, "ExternalUserID")
+    user = text_of(message, "UserID")
+    created = text_of(message, "CreateTime")
+    if not external:
+        raise MalformedCallback("change_external_contact without <ExternalUserID>")
+    return InboundEvent(
+        channel="contacts",
+        kind=CONTACT_CHANGES.get(change, "other"),  # type: ignore[arg-type]
+        dedup_key=f"contacts:{external}:{user}:{change}:{created}",
+        sender=external,
+        account=user,
+        scene=text_of(message, "State"),
+        welcome_code=text_of(message, "WelcomeCode"),
+        created_at=_int(created),
+        extra={"change_type": change, "source": text_of(message, "Source")},
+    )
+
+
+def app_event(message: Mapping[str, Any]) -> InboundEvent:
+    """A message from a rep in the self-built app (commands: take, release, note)."""
+    sender = text_of(message, "FromUserName")
+    msg_id = text_of(message, "MsgId")
+    created = text_of(message, "CreateTime")
+    msg_type = text_of(message, "MsgType")
+    return InboundEvent(
+        channel="app",
+        kind="message" if msg_type == "text" else "other",
+        dedup_key=f"app:{msg_id}" if msg_id else f"app:{sender}:{created}:{text_of(message, 'Event')}",
+        sender=sender,
+        account=text_of(message, "AgentID"),
+        text=text_of(message, "Content"),
+        created_at=_int(created),
+    )
+
+
+def events_from_kf_messages(msg_list: list[dict[str, Any]]) -> list[InboundEvent]:
+    """Customer messages and events from a `kf/sync_msg` page (origin 3 customer, 4 system)."""
+    events: list[InboundEvent] = []
+    for item in msg_list:
+        event = _kf_item(item)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def _kf_item(item: dict[str, Any]) -> InboundEvent | None:
+    msgid = str(item.get("msgid", ""))
+    open_kfid = str(item.get("open_kfid", ""))
+    msgtype = item.get("msgtype")
+    sent = _int(item.get("send_time"))
+    if item.get("origin") == 3 and msgtype == "text" and item.get("external_userid"):
+        text = item.get("text") or {}
+        return InboundEvent(
+            channel="kf",
+            kind="message",
+            dedup_key=f"kf:{msgid}",
+            sender=str(item["external_userid"]),
+            account=open_kfid,
+            text=str(text.get("content", "")),
+            menu_id=str(text.get("menu_id", "")),
+            created_at=sent,
+        )
+    if msgtype == "event":
+        body = item.get("event") or {}
+        if body.get("event_type") == "enter_session" and body.get("external_userid"):
+            return InboundEvent(
+                channel="kf",
+                kind="enter_session",
+                dedup_key=f"kf:{msgid}",
+                sender=str(body["external_userid"]),
+                account=str(body.get("open_kfid", open_kfid)),
+                scene=str(body.get("scene_param", "")),
+                welcome_code=str(body.get("welcome_code", "")),
+                created_at=sent,
+                extra={"scene": str(body.get("scene", ""))},
+            )
+    return None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,86 @@
+"""Turn the bot's replies into outbox rows for the API call that can deliver them.
+
+Which call depends on where the customer is: a kf chat (`kf/send_msg`, or
+`kf/send_msg_on_event` with the single-use welcome code), a new WeCom contact
+(`externalcontact/send_welcome_msg` inside the WelcomeCode's 20 s), the Official
+Account (`message/custom/send`), or a rep in the self-built app (`message/send`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bot.events import InboundEvent, Reply
+
+# kind -> (credential name, API path, safe to resend after a crash mid-send)
+OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
+    "kf.send_msg": ("wecom.kf", "kf/send_msg", True),  # idempotent by msgid
+    "kf.send_msg_on_event": ("wecom.kf", "kf/send_msg_on_event", True),  # the code is single-use
+    "contacts.send_welcome_msg": ("wecom.contacts", "externalcontact/send_welcome_msg", True),
+    "oa.custom_send": ("oa", "message/custom/send", False),  # no idempotency key: never resent blindly
+    "app.message_send": ("wecom.app", "message/send", True),  # enable_duplicate_check
+}
+
+
+@dataclass(frozen=True)
+class OutboundCall:
+    kind: str
+    payload: dict[str, Any]
+
+
+def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0) -> OutboundCall | None:
+    """The API call that answers `event` with `reply`; None when no channel can carry it now."""
+    if event.channel == "kf":
+        content = _kf_content(reply)
+        if first and event.welcome_code:
+            return OutboundCall("kf.send_msg_on_event", {"code": event.welcome_code, **content})
+        return OutboundCall("kf.send_msg", {"touser": event.sender, "open_kfid": event.account, **content})
+    if event.channel == "contacts":
+        if first and event.welcome_code:
+            return OutboundCall(
+                "contacts.send_welcome_msg", {"welcome_code": event.welcome_code, "text": {"content": reply.text}}
+            )
+        return None
+    if event.channel == "oa":
+        return OutboundCall(
+            "oa.custom_send", {"touser": event.sender, "msgtype": "text", "text": {"content": _oa_text(reply)}}
+        )
+    return OutboundCall(
+        "app.message_send",
+        {
+            "touser": event.sender,
+            "agentid": agent_id,
+            "msgtype": "text",
+            "text": {"content": reply.text},
+            "enable_duplicate_check": 1,
+            "duplicate_check_interval": 1800,
+        },
+    )
+
+
+def _kf_content(reply: Reply) -> dict[str, Any]:
+    if not reply.menu:
+        return {"msgtype": "text", "text": {"content": reply.text}}
+    return {
+        "msgtype": "msgmenu",
+        "msgmenu": {
+            "head_content": reply.menu_head or reply.text,
+            "list": [{"type": "click", "click": {"id": item.id, "content": item.text}} for item in reply.menu],
+        },
+    }
+
+
+def _oa_text(reply: Reply) -> str:
+    """The OA has no kf menus: list the choices as text the customer can type back."""
+    if not reply.menu:
+        return reply.text
+    choices = "\n".join(f"{index}. {item.text}" for index, item in enumerate(reply.menu, start=1))
+    return f"{reply.menu_head or reply.text}\n{choices}"
+
+
+def with_idempotency_key(kind: str, payload: dict[str, Any], outbox_id: int) -> dict[str, Any]:
+    """kf calls carry our outbox id as `msgid`, so a resend after a crash is not delivered twice."""
+    if kind.startswith("kf."):
+        return {**payload, "msgid": f"scrm{outbox_id}"}
+    return payload

@@ -1,0 +1,96 @@
+"""One normalised event for everything WeChat sends us, and the effects the bot answers with.
+
+Channels turn their XML/JSON into `InboundEvent`; the conversation layer returns
+`Effect`s; the worker turns effects into outbox rows for the channel that can deliver them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Channel = Literal["kf", "contacts", "app", "oa"]
+
+# What happened, whatever the channel:
+#   message        the customer wrote (text) or clicked a kf menu item (menu_id set)
+#   enter_session  a customer opened the kf chat (scene_param, welcome_code)
+#   contact_added  a customer added a rep (state = channel code, welcome_code)
+#   contact_edited / contact_removed (the customer deleted the rep) / contact_lost (the rep deleted the customer)
+#   subscribe      OA follow (scene = qrscene code), scan (SCAN), unsubscribe, menu_click
+#   kf_sync        a kf_msg_or_event notification: pull new messages for one kf account
+EventKind = Literal[
+    "message",
+    "enter_session",
+    "contact_added",
+    "contact_edited",
+    "contact_removed",
+    "contact_lost",
+    "subscribe",
+    "scan",
+    "unsubscribe",
+    "menu_click",
+    "kf_sync",
+    "other",
+]
+
+
+@dataclass(frozen=True)
+class InboundEvent:
+    """A customer's message or event, the same shape for kf, contacts, the app and the OA."""
+
+    channel: Channel
+    kind: EventKind
+    dedup_key: str  # MsgId, or sender + CreateTime for events: a retry maps to the same key
+    sender: str  # external_userid / openid / rep userid; the kf account for kf_sync
+    account: str = ""  # open_kfid, the rep's userid (contacts), the OA's original id
+    text: str = ""
+    menu_id: str = ""
+    scene: str = ""  # scene_param, State, or the qrscene_ code
+    welcome_code: str = ""
+    sync_token: str = ""  # kf_msg_or_event Token, valid 10 minutes for sync_msg
+    created_at: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity_kind(self) -> str:
+        return "oa" if self.channel == "oa" else "wecom"
+
+    @property
+    def queue_key(self) -> str:
+        """Items with the same key are processed one at a time, in arrival order."""
+        if self.kind == "kf_sync":
+            return f"kf-account:{self.account}"
+        return f"{self.identity_kind}:{self.sender}"
+
+    def to_payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> InboundEvent:
+        return cls(**payload)
+
+
+@dataclass(frozen=True)
+class MenuItem:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Say something to the customer on the channel they used."""
+
+    text: str
+    menu: tuple[MenuItem, ...] = ()
+    menu_head: str = ""
+
+
+@dataclass(frozen=True)
+class Note:
+    """Record something on the customer's timeline."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = Reply | Note

@@ -1,0 +1,60 @@
+"""Pulling kf messages: a `kf_msg_or_event` notification says "there is news"; `kf/sync_msg` fetches it.
+
+Each page's messages are stored in the inbox together with the new cursor in one
+transaction, so a restart resumes exactly where the last saved page ended: nothing is
+re-read twice into the inbox (dedup by msgid) and nothing is skipped. Pulls for one kf
+account never overlap, because the notifications share one queue key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import metrics
+from bot.channels.wecom import events_from_kf_messages
+from bot.events import InboundEvent
+from bot.inbox import store_events
+from bot.wechat_api import WeChatApi
+from crm_store import work_queue
+from crm_store.kf_cursors import kf_cursor, save_kf_cursor
+from crm_store.models import InboxItem
+
+log = logging.getLogger("scrm.kf")
+
+PAGE_LIMIT = 1000
+MAX_PAGES = 100  # a safety valve: the next notification continues from the saved cursor
+
+
+class KfPuller:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi) -> None:
+        self.sessions = sessions
+        self.api = api
+        self.on_new_events: Callable[[], None] = lambda: None
+
+    async def pull(self, item: InboxItem, notification: InboundEvent) -> None:
+        open_kfid = notification.account
+        async with self.sessions() as session:
+            cursor = await kf_cursor(session, open_kfid)
+        for _ in range(MAX_PAGES):
+            body = {"cursor": cursor, "token": notification.sync_token, "limit": PAGE_LIMIT, "open_kfid": open_kfid}
+            page = await self.api.post("kf/sync_msg", body)
+            events = events_from_kf_messages(list(page.get("msg_list") or []))
+            cursor = str(page.get("next_cursor") or cursor)
+            more = bool(page.get("has_more"))
+            async with self.sessions() as session, session.begin():
+                new = await store_events(session, events)
+                await save_kf_cursor(session, open_kfid, cursor)
+                if not more:
+                    await work_queue.finish(session, item)
+            metrics.INBOX_STORED.labels("kf").inc(new)
+            metrics.INBOX_DUPLICATES.labels("kf").inc(len(events) - new)
+            log.info("kf.pulled open_kfid=%s messages=%s new=%s has_more=%s", open_kfid, len(events), new, more)
+            if new:
+                self.on_new_events()
+            if not more:
+                return
+        async with self.sessions() as session, session.begin():
+            await work_queue.finish(session, item)

@@ -1,0 +1,20 @@
+"""Prometheus metrics of the message path (served at /metrics)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CALLBACKS = Counter("scrm_callbacks_total", "Callbacks received", ["channel", "outcome"])
+CALLBACK_SECONDS = Histogram(
+    "scrm_callback_seconds",
+    "Time to answer a callback",
+    ["channel"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+INBOX_STORED = Counter("scrm_inbox_stored_total", "Events stored in the inbox (duplicates excluded)", ["channel"])
+INBOX_DUPLICATES = Counter("scrm_inbox_duplicates_total", "Retried or re-pulled events ignored", ["channel"])
+INBOX_PROCESSED = Counter("scrm_inbox_processed_total", "Inbox items handled", ["kind", "outcome"])
+INBOX_LAG = Gauge("scrm_inbox_lag_seconds", "Age of the oldest unprocessed inbox item")
+INBOX_BACKLOG = Gauge("scrm_inbox_backlog", "Inbox items waiting or in progress")
+OUTBOX_BACKLOG = Gauge("scrm_outbox_backlog", "Outbox items waiting or in progress")
+OUTBOX_FAILED = Gauge("scrm_outbox_failed", "Outbox items that failed permanently")
+SENT = Counter("scrm_sent_total", "API calls delivered from the outbox", ["kind"])
+SEND_ERRORS = Counter("scrm_send_errors_total", "API errors while sending", ["kind", "errcode"])

@@ -1,0 +1,130 @@
+"""The running parts of one bot instance, built from settings and closed in reverse order.
+
+store → shared state → HTTP client and API clients → NLU → kf puller, inbox worker,
+outbox sender. The web app (bot/app.py) and the CLI both use this, so there is one way
+to assemble the product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.conversation import Conversation
+from bot.kf_sync import KfPuller
+from bot.profiles import ProfileLookup
+from bot.queue_runner import QueueRunner
+from bot.responder import BuiltinResponder
+from bot.sender import OutboxSender
+from bot.settings import Settings
+from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
+from bot.worker import InboxWorker
+from crm_store.db import create_engine, session_factory
+from crm_store.models import InboxItem, OutboxItem
+from crm_store.shared_state import SharedState, open_shared_state
+from crm_store.work_queue import due_count
+from nlu.client import NluClient
+
+log = logging.getLogger("scrm.runtime")
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    state: SharedState
+    http: aiohttp.ClientSession
+    apis: dict[str, WeChatApi]
+    nlu: NluClient
+    inbox: QueueRunner[InboxItem]
+    outbox: QueueRunner[OutboxItem]
+    worker: InboxWorker
+    sender: OutboxSender
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, conversation: Conversation | None = None, rasa_url: str | None = None,
+        rasa_token: str | None = None,
+    ) -> Runtime:
+        engine = create_engine(settings.store.url, settings.store.echo)
+        sessions = session_factory(engine)
+        state = open_shared_state(settings.redis.url or None)
+        http = aiohttp.ClientSession()
+        apis = build_apis(settings, http, state)
+        nlu = NluClient(settings.nlu, state, rasa_url=rasa_url, token=rasa_token)
+        await nlu.start()
+        worker_settings = settings.worker
+        puller = KfPuller(sessions, apis["wecom.kf"])
+        worker = InboxWorker(
+            sessions,
+            conversation or BuiltinResponder(),
+            nlu,
+            ProfileLookup(apis),
+            puller,
+            worker_settings.max_attempts,
+            worker_settings.retry_base_s,
+            settings.wecom.app.agent_id,
+        )
+        sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s)
+        inbox = QueueRunner(
+            "inbox", sessions, InboxItem, worker.process, worker_settings.inbox_concurrency,
+            worker_settings.poll_interval_s, worker_settings.claim_ttl_s,
+        )
+        outbox = QueueRunner(
+            "outbox", sessions, OutboxItem, sender.send, worker_settings.outbox_concurrency,
+            worker_settings.poll_interval_s, worker_settings.claim_ttl_s,
+        )
+        puller.on_new_events = inbox.wake
+        worker.on_outbox = outbox.wake
+        sender.on_rate_limited = outbox.pause
+        return cls(settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender)
+
+    def start_background(self) -> None:
+        """Run the inbox worker and the outbox sender until `close()`; references are kept."""
+        self.tasks = [
+            asyncio.create_task(self.inbox.run(), name="inbox-runner"),
+            asyncio.create_task(self.outbox.run(), name="outbox-runner"),
+        ]
+
+    async def drain(self) -> None:
+        """Process every due inbox item and send every due outbox item (tests, CLI)."""
+        for _ in range(100):
+            await self.inbox.drain()
+            await self.outbox.drain()
+            async with self.sessions() as session:
+                if not await due_count(session, InboxItem) and not await due_count(session, OutboxItem):
+                    return
+
+    async def close(self) -> None:
+        timeout = self.settings.server.shutdown_timeout_s
+        await self.inbox.stop(timeout)
+        await self.outbox.stop(timeout)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.nlu.close()
+        await self.http.close()
+        await self.state.close()
+        await self.engine.dispose()
+        log.info("runtime.closed")
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def build_apis(settings: Settings, http: aiohttp.ClientSession, state: SharedState) -> dict[str, WeChatApi]:
+    wecom = settings.wecom
+    credentials = [
+        wecom_credential("wecom.kf", wecom.api_base, wecom.corp_id, wecom.kf.secret.get_secret_value()),
+        wecom_credential("wecom.contacts", wecom.api_base, wecom.corp_id, wecom.contacts.secret.get_secret_value()),
+        wecom_credential("wecom.app", wecom.api_base, wecom.corp_id, wecom.app.secret.get_secret_value()),
+        oa_credential(settings.oa.api_base, settings.oa.app_id, settings.oa.app_secret.get_secret_value()),
+    ]
+    return {credential.name: WeChatApi(http, state, credential) for credential in credentials}

@@ -1,0 +1,1 @@
+"""The local WeChat simulator and fake API (sandbox.enabled in config.yaml)."""

@@ -1,0 +1,266 @@
+"""A local stand-in for the WeCom and Official Account APIs, speaking their protocol and error codes.
+
+The sandbox and the tests point `wecom.api_base` / `oa.api_base` at it. It issues and
+checks access tokens (42001 once expired, 40014 when unknown), rate-limits on demand
+(45009), can be told to fail the next calls (`fail_next`), keeps kf messages for
+`kf/sync_msg` with real cursors, refuses used welcome codes, and records every message
+the bot sends so a test or the sandbox page can read them back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+TOKEN_TTL_S = 7200
+
+
+@dataclass
+class Failure:
+    path: str
+    errcode: int = 0
+    http_status: int = 200
+    remaining: int = 1
+
+
+@dataclass
+class Sent:
+    path: str
+    body: dict[str, Any]
+    at: float = field(default_factory=time.time)
+
+    @property
+    def to(self) -> str:
+        return str(self.body.get("touser") or self.body.get("code") or self.body.get("welcome_code") or "")
+
+    @property
+    def text(self) -> str:
+        for key in ("text", "msgmenu", "textcard"):
+            part = self.body.get(key)
+            if isinstance(part, dict):
+                return str(part.get("content") or part.get("head_content") or part.get("title") or "")
+        return ""
+
+
+class FakeWeChat:
+    def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
+        self.corp_id = corp_id
+        self.wecom_secrets = set(wecom_secrets)
+        self.oa_app_id = oa_app_id
+        self.oa_secret = oa_secret
+        self.tokens: dict[str, float] = {}
+        self.token_requests = 0
+        self.calls: list[str] = []
+        self.failures: list[Failure] = []
+        self.kf_messages: dict[str, list[dict[str, Any]]] = {}
+        self.sent: list[Sent] = []
+        self.seen_msgids: set[str] = set()
+        self.welcome_codes: dict[str, str] = {}  # code -> external_userid, until used
+        self.contacts: dict[str, dict[str, str]] = {}
+        self.oa_users: dict[str, dict[str, str]] = {}
+        self.service_states: dict[tuple[str, str], int] = {}
+        self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
+        self._ids = itertools.count(1)
+
+    # --- what a test or the sandbox page does --------------------------------------------
+    def fail_next(self, path: str, errcode: int = 0, http_status: int = 200, times: int = 1) -> None:
+        """Make the next `times` calls to `path` fail with `errcode` (or an HTTP status)."""
+        self.failures.append(Failure(path, errcode, http_status, times))
+
+    def expire_tokens(self) -> None:
+        """Every token issued so far now answers 42001, as after its 7,200 s."""
+        self.tokens = {token: 0.0 for token in self.tokens}
+
+    def add_kf_text(self, open_kfid: str, external_userid: str, text: str, menu_id: str = "") -> str:
+        content = {"content": text, **({"menu_id": menu_id} if menu_id else {})}
+        return self._add_kf(open_kfid, {"origin": 3, "external_userid": external_userid, "msgtype": "text", "text": content})
+
+    def add_kf_enter_session(self, open_kfid: str, external_userid: str, scene_param: str = "") -> str:
+        code = self.issue_welcome_code(external_userid)
+        event = {
+            "event_type": "enter_session",
+            "open_kfid": open_kfid,
+            "external_userid": external_userid,
+            "scene": "sandbox",
+            "scene_param": scene_param,
+            "welcome_code": code,
+        }
+        self._add_kf(open_kfid, {"origin": 4, "msgtype": "event", "event": event})
+        return code
+
+    def issue_welcome_code(self, external_userid: str) -> str:
+        code = secrets.token_urlsafe(16)
+        self.welcome_codes[code] = external_userid
+        return code
+
+    def messages_to(self, user: str) -> list[Sent]:
+        return [sent for sent in self.sent if sent.to == user or sent.body.get("_to") == user]
+
+    # --- the HTTP side ---------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        routes = {
+            "gettoken": self.wecom_token,
+            "token": self.oa_token,
+            "kf/sync_msg": self.kf_sync_msg,
+            "kf/send_msg": self.kf_send_msg,
+            "kf/send_msg_on_event": self.kf_send_msg_on_event,
+            "kf/service_state/trans": self.kf_service_state_trans,
+            "message/send": self.app_message_send,
+            "externalcontact/send_welcome_msg": self.send_welcome_msg,
+            "externalcontact/get": self.externalcontact_get,
+            "message/custom/send": self.oa_custom_send,
+            "qrcode/create": self.oa_qrcode_create,
+            "user/info": self.oa_user_info,
+        }
+        for path, handler in routes.items():
+            app.router.add_route("*", f"/cgi-bin/{path}", self._guarded(path, handler))
+        return app
+
+    def _guarded(self, path: str, handler: Any) -> Any:
+        async def guarded(request: web.Request) -> web.Response:
+            self.calls.append(path)
+            failure = next((f for f in self.failures if f.path == path and f.remaining > 0), None)
+            if failure is not None:
+                failure.remaining -= 1
+                if failure.http_status != 200:
+                    return web.Response(status=failure.http_status, text="upstream error")
+                return _error(failure.errcode)
+            if path not in ("gettoken", "token"):
+                refusal = self._check_token(request.query.get("access_token", ""))
+                if refusal:
+                    return _error(refusal)
+            body = await request.json() if request.method == "POST" and request.can_read_body else {}
+            return await handler(request, body)
+
+        return guarded
+
+    def _check_token(self, token: str) -> int:
+        if token not in self.tokens:
+            return 40014
+        if self.tokens[token] < time.time():
+            return 42001
+        return 0
+
+    def _issue_token(self) -> web.Response:
+        self.token_requests += 1
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = time.time() + TOKEN_TTL_S
+        return _ok(access_token=token, expires_in=TOKEN_TTL_S)
+
+    async def wecom_token(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
+        if request.query.get("corpid") != self.corp_id:
+            return _error(40013)
+        if request.query.get("corpsecret") not in self.wecom_secrets:
+            return _error(40001)
+        return self._issue_token()
+
+    async def oa_token(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
+        if request.query.get("appid") != self.oa_app_id or request.query.get("secret") != self.oa_secret:
+            return _error(40125 if request.query.get("appid") == self.oa_app_id else 40013)
+        return self._issue_token()
+
+    async def kf_sync_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        messages = self.kf_messages.get(str(body.get("open_kfid", "")), [])
+        start = int(body.get("cursor") or 0)
+        limit = min(self.page_limit, int(body.get("limit") or 1000))
+        page = messages[start : start + limit]
+        end = start + len(page)
+        return _ok(next_cursor=str(end), has_more=int(end < len(messages)), msg_list=page)
+
+    async def kf_send_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        if not body.get("touser") or not body.get("open_kfid"):
+            return _error(40003)
+        return self._deliver("kf/send_msg", body)
+
+    async def kf_send_msg_on_event(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        user = self.welcome_codes.pop(str(body.get("code", "")), None)
+        if user is None:
+            return _error(95018)  # the code is unknown, expired or already used
+        return self._deliver("kf/send_msg_on_event", {**body, "_to": user})
+
+    async def kf_service_state_trans(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        key = (str(body.get("open_kfid")), str(body.get("external_userid")))
+        self.service_states[key] = int(body.get("service_state", 0))
+        return _ok(msg_code="")
+
+    async def app_message_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        if not body.get("touser"):
+            return _error(40003)
+        return self._deliver("message/send", body)
+
+    async def send_welcome_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        user = self.welcome_codes.pop(str(body.get("welcome_code", "")), None)
+        if user is None:
+            return _error(41051)  # the welcome code is used or its 20 s are over
+        return self._deliver("externalcontact/send_welcome_msg", {**body, "_to": user})
+
+    async def externalcontact_get(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
+        contact = self.contacts.get(request.query.get("external_userid", ""))
+        if contact is None:
+            return _error(84061)  # not an external contact of this corp
+        return _ok(external_contact={"external_userid": request.query["external_userid"], **contact})
+
+    async def oa_custom_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        if not body.get("touser"):
+            return _error(40003)
+        return self._deliver("message/custom/send", body)
+
+    async def oa_qrcode_create(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        scene = (body.get("action_info") or {}).get("scene") or {}
+        if not scene:
+            return _error(40053)
+        ticket = secrets.token_urlsafe(12)
+        return web.json_response(
+            {"ticket": ticket, "expire_seconds": body.get("expire_seconds", 0), "url": f"http://weixin.qq.com/q/{ticket}"}
+        )
+
+    async def oa_user_info(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
+        openid = request.query.get("openid", "")
+        user = self.oa_users.get(openid)
+        if user is None:
+            return web.json_response({"subscribe": 0, "openid": openid})
+        return web.json_response({"subscribe": 1, "openid": openid, **user})
+
+    def _add_kf(self, open_kfid: str, item: dict[str, Any]) -> str:
+        msgid = f"fake{next(self._ids)}"
+        self.kf_messages.setdefault(open_kfid, []).append(
+            {"msgid": msgid, "open_kfid": open_kfid, "send_time": int(time.time()), **item}
+        )
+        return msgid
+
+    def _deliver(self, path: str, body: dict[str, Any]) -> web.Response:
+        msgid = str(body.get("msgid") or f"auto{next(self._ids)}")
+        if msgid not in self.seen_msgids:  # a repeated msgid is acknowledged, not delivered again
+            self.seen_msgids.add(msgid)
+            self.sent.append(Sent(path, body))
+        return _ok(msgid=msgid)
+
+
+def _ok(**data: Any) -> web.Response:
+    return web.json_response({"errcode": 0, "errmsg": "ok", **data})
+
+
+ERRMSG = {
+    -1: "system busy",
+    40001: "invalid credential",
+    40003: "invalid openid or userid",
+    40013: "invalid corpid or appid",
+    40014: "invalid access_token",
+    40053: "invalid action_info",
+    40125: "invalid appsecret",
+    41051: "welcome code expired or used",
+    42001: "access_token expired",
+    45009: "reach max api daily quota limit",
+    84061: "not external contact",
+    95018: "send msg code is invalid",
+}
+
+
+def _error(errcode: int) -> web.Response:
+    return web.json_response({"errcode": errcode, "errmsg": ERRMSG.get(errcode, "error")})

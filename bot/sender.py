@@ -1,0 +1,82 @@
+"""The outbox sender: delivers each outbox row through the WeCom / OA API, once.
+
+A row whose claim expired while it was being sent (the process died mid-call) is sent
+again only when the call is idempotent (kf `msgid`, single-use codes, the app's
+duplicate check); an OA customer-service message is then marked failed as "outcome
+unknown" instead: a possibly missing message is visible to admins, a double one is not
+undoable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import metrics
+from bot.delivery import OUTBOX_KINDS, with_idempotency_key
+from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
+from crm_store import work_queue
+from crm_store.models import OutboxItem
+from crm_store.work_queue import ClaimLost
+
+log = logging.getLogger("scrm.sender")
+
+CALL_STARTED = "call started"
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        apis: Mapping[str, WeChatApi],
+        max_attempts: int,
+        retry_base_s: float,
+        rate_limit_pause_s: float = 2.0,
+    ) -> None:
+        self.sessions = sessions
+        self.apis = apis
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.rate_limit_pause_s = rate_limit_pause_s
+        self.on_rate_limited = lambda seconds: None
+        self.sent = 0
+
+    async def send(self, item: OutboxItem) -> None:
+        credential, path, idempotent = OUTBOX_KINDS[item.kind]
+        if not idempotent:
+            if item.last_error == CALL_STARTED:
+                await self._close(item, "failed", "outcome unknown: the sender stopped during the call; not resent")
+                return
+            async with self.sessions() as session, session.begin():
+                await work_queue.note(session, item, CALL_STARTED)
+        try:
+            await self.apis[credential].post(path, with_idempotency_key(item.kind, item.payload, item.id))
+        except ApiError as exc:
+            await self._failed(item, exc)
+            return
+        await self._close(item, "done", None)
+        self.sent += 1
+        metrics.SENT.labels(item.kind).inc()
+
+    async def _failed(self, item: OutboxItem, exc: ApiError) -> None:
+        metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()
+        reason = f"errcode {exc.errcode}: {exc.errmsg}"
+        if exc.errcode == RATE_LIMITED:
+            self.on_rate_limited(self.rate_limit_pause_s)
+        if exc.retryable and item.attempts < self.max_attempts:
+            delay = work_queue.backoff_s(item.attempts, self.retry_base_s)
+            log.warning("sender.retry id=%s kind=%s %s in %.0fs", item.id, item.kind, reason, delay)
+            async with self.sessions() as session, session.begin():
+                await work_queue.retry_later(session, item, delay, reason)
+            return
+        log.error("sender.failed id=%s kind=%s %s", item.id, item.kind, reason)
+        await self._close(item, "failed", reason)
+
+    async def _close(self, item: OutboxItem, status: str, error: str | None) -> None:
+        try:
+            async with self.sessions() as session, session.begin():
+                await work_queue.finish(session, item, status, error)
+        except ClaimLost:
+            log.warning("sender.claim_lost id=%s", item.id)

@@ -1,0 +1,202 @@
+"""Configuration: config.yaml read once into typed settings, overridable from the environment.
+
+Every key can be set as `SCRM__SECTION__KEY` (e.g. `SCRM__WECOM__KF__TOKEN`); the
+environment wins over the file, so secrets never need to be committed. A wrong or
+missing key stops start-up with a message that names it (`SettingsError`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from nlu.settings import NluSettings
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+SANDBOX_SECRET_PREFIX = "sandbox"
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite+aiosqlite:///var/scrm.db"
+    echo: bool = False
+
+
+class RedisSettings(_Section):
+    url: str = ""
+
+
+class SecuritySettings(_Section):
+    timestamp_tolerance_s: int = Field(default=300, ge=0)
+
+
+class CallbackKeys(_Section):
+    """A callback's token and EncodingAESKey, plus the secret that buys its access token."""
+
+    token: SecretStr
+    encoding_aes_key: SecretStr
+    secret: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _aes_key_shape(self) -> "CallbackKeys":
+        if len(self.encoding_aes_key.get_secret_value()) != 43:
+            raise ValueError("encoding_aes_key must be the 43-character EncodingAESKey")
+        return self
+
+
+class AppKeys(CallbackKeys):
+    agent_id: int = 0
+
+
+class WecomSettings(_Section):
+    corp_id: str
+    api_base: str = "https://qyapi.weixin.qq.com/cgi-bin"
+    kf: CallbackKeys
+    contacts: CallbackKeys
+    app: AppKeys
+
+
+class OaSettings(_Section):
+    app_id: str
+    app_secret: SecretStr = SecretStr("")
+    token: SecretStr
+    encoding_aes_key: SecretStr = SecretStr("")
+    mode: Literal["plain", "compat", "safe"] = "safe"
+    api_base: str = "https://api.weixin.qq.com/cgi-bin"
+
+
+class WorkerSettings(_Section):
+    inbox_concurrency: int = Field(default=8, ge=1)
+    outbox_concurrency: int = Field(default=8, ge=1)
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    claim_ttl_s: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=8, ge=1)
+    retry_base_s: float = Field(default=1.0, gt=0)
+
+
+class SandboxSettings(_Section):
+    enabled: bool = False
+    api_port: int = Field(default=8081, ge=0, le=65535)
+
+
+class LoggingSettings(_Section):
+    level: str = "INFO"
+    json_format: bool = Field(default=False, alias="json")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SCRM__",
+        env_nested_delimiter="__",
+        extra="forbid",
+        populate_by_name=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    redis: RedisSettings = RedisSettings()
+    security: SecuritySettings = SecuritySettings()
+    wecom: WecomSettings
+    oa: OaSettings
+    nlu: NluSettings = NluSettings()
+    worker: WorkerSettings = WorkerSettings()
+    sandbox: SandboxSettings = SandboxSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("SCRM_CONFIG", str(DEFAULT_CONFIG))
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    @model_validator(mode="after")
+    def _no_sandbox_secrets_in_production(self) -> "Settings":
+        if self.sandbox.enabled:
+            return self
+        offending = [name for name, value in _secrets(self) if value.startswith(SANDBOX_SECRET_PREFIX)]
+        if offending:
+            raise ValueError(
+                "sandbox is off but these keys still hold sandbox values: "
+                + ", ".join(offending)
+                + " (set them from the environment, e.g. SCRM__WECOM__KF__TOKEN)"
+            )
+        return self
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with every secret shown as '**********'."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _secrets(settings: Settings) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+
+    def walk(model: BaseModel, path: str) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, SecretStr):
+                found.append((f"{path}{name}", value.get_secret_value()))
+            elif isinstance(value, BaseModel):
+                walk(value, f"{path}{name}.")
+
+    walk(settings, "")
+    return found
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read config.yaml (or `path`) and the environment once; raise SettingsError naming bad keys."""
+    config_path = Path(path) if path else Path(os.environ.get("SCRM_CONFIG", DEFAULT_CONFIG))
+    if not config_path.is_file():
+        raise SettingsError(f"config file not found: {config_path}")
+    previous = os.environ.get("SCRM_CONFIG")
+    os.environ["SCRM_CONFIG"] = str(config_path)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, config_path)) from None
+    finally:
+        if previous is None:
+            os.environ.pop("SCRM_CONFIG", None)
+        else:
+            os.environ["SCRM_CONFIG"] = previous
+
+
+def _describe(exc: ValidationError, config_path: Path) -> str:
+    lines = [f"invalid configuration ({config_path}, or SCRM__ environment variables):"]
+    for error in exc.errors():
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        if not error["loc"]:
+            lines.append(f"  {message}")
+            continue
+        key = ".".join(str(part) for part in error["loc"])
+        env = "SCRM__" + "__".join(str(part).upper() for part in error["loc"])
+        lines.append(f"  {key}: {message} [env {env}]")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""A small async client for the few WeCom / OA endpoints on the hot path.
+
+wechatpy's clients are synchronous (requests); sending from the event loop wants
+aiohttp. The access token is shared by every instance through `SharedState` and
+refreshed under a lock, so an expired token (40014/42001) causes one refresh, not a storm.
+
+The exception tree:
+
+    ApiError                 WeChat answered with an errcode, or did not answer usably
+    ├── RetryableApiError    45009 (slow down), -1 (busy), 5xx, timeouts: try again later
+    └── (ApiError itself)    anything else: permanent, recorded with the reason
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from crm_store.shared_state import SharedState
+
+log = logging.getLogger("scrm.api")
+
+TOKEN_INVALID = {40001, 40014, 42001}
+RATE_LIMITED = 45009
+RETRYABLE = {-1, RATE_LIMITED, 45033}
+TOKEN_MARGIN_S = 300
+
+
+class ApiError(Exception):
+    retryable = False
+
+    def __init__(self, errcode: int, errmsg: str, path: str = "") -> None:
+        super().__init__(f"{path}: errcode {errcode}: {errmsg}")
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+class RetryableApiError(ApiError):
+    retryable = True
+
+
+@dataclass(frozen=True)
+class Credential:
+    """What buys an access token: WeCom corp id + app secret, or OA appid + secret."""
+
+    name: str
+    base_url: str
+    token_path: str
+    token_params: tuple[tuple[str, str], ...]
+
+
+def wecom_credential(name: str, base_url: str, corp_id: str, secret: str) -> Credential:
+    return Credential(name, base_url, "gettoken", (("corpid", corp_id), ("corpsecret", secret)))
+
+
+def oa_credential(base_url: str, app_id: str, secret: str) -> Credential:
+    return Credential(
+        "oa", base_url, "token", (("grant_type", "client_credential"), ("appid", app_id), ("secret", secret))
+    )
+
+
+class WeChatApi:
+    """Calls one credential's endpoints: `await api.post("kf/send_msg", {...})`."""
+
+    def __init__(
+        self, http: aiohttp.ClientSession, state: SharedState, credential: Credential, timeout_s: float = 5.0
+    ) -> None:
+        self.http = http
+        self.state = state
+        self.credential = credential
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.token_fetches = 0
+
+    @property
+    def _token_key(self) -> str:
+        return f"token:{self.credential.name}"
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("POST", path, body, {})
+
+    async def get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
+        return await self._call("GET", path, None, params)
+
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str]
+    ) -> dict[str, Any]:
+        token = await self.access_token()
+        try:
+            return await self._request(method, path, body, {**params, "access_token": token})
+        except ApiError as exc:
+            if exc.errcode not in TOKEN_INVALID:
+                raise
+            log.info("api.token.rejected name=%s errcode=%s", self.credential.name, exc.errcode)
+            token = await self.access_token(stale=token)
+            return await self._request(method, path, body, {**params, "access_token": token})
+
+    async def access_token(self, stale: str | None = None) -> str:
+        """The shared token; with `stale`, a fresh one unless another instance already refreshed it."""
+        cached = await self.state.get(self._token_key)
+        if cached and cached != stale:
+            return cached
+        async with self.state.lock(self._token_key, ttl_s=15, wait_s=15):
+            cached = await self.state.get(self._token_key)
+            if cached and cached != stale:
+                return cached
+            data = await self._request(
+                "GET", self.credential.token_path, None, dict(self.credential.token_params)
+            )
+            token = str(data["access_token"])
+            ttl = max(60, int(data.get("expires_in", 7200)) - TOKEN_MARGIN_S)
+            await self.state.set(self._token_key, token, ttl_s=ttl)
+            self.token_fetches += 1
+            log.info("api.token.refreshed name=%s ttl_s=%s", self.credential.name, ttl)
+            return token
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str]
+    ) -> dict[str, Any]:
+        url = f"{self.credential.base_url.rstrip('/')}/{path}"
+        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8"} if payload is not None else None
+        try:
+            async with self.http.request(
+                method, url, params=params, data=payload, headers=headers, timeout=self.timeout
+            ) as response:
+                if response.status >= 500:
+                    raise RetryableApiError(-response.status, f"HTTP {response.status}", path)
+                if response.status != 200:
+                    raise ApiError(-response.status, f"HTTP {response.status}", path)
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
+        except ValueError:
+            raise RetryableApiError(-3, "answer is not JSON", path) from None
+        errcode = int(data.get("errcode", 0) or 0)
+        if errcode:
+            error = RetryableApiError if errcode in RETRYABLE else ApiError
+            raise error(errcode, str(data.get("errmsg", "")), path)
+        return data

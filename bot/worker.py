@@ -1,0 +1,160 @@
+"""The inbox worker: one pipeline per stored event.
+
+identity (find or create the customer, profile looked up once) → intent (NLU, outside
+any transaction) → conversation → one transaction with the customer's state, timeline,
+outbox rows and the inbox item marked done. A crash anywhere before that commit leaves
+the item to be claimed again; after it, the item is done: processed exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import metrics
+from bot.conversation import Conversation, TurnContext
+from bot.delivery import reply_call
+from bot.events import Effect, InboundEvent, Note, Reply
+from bot.kf_sync import KfPuller
+from bot.profiles import ProfileLookup
+from crm_store import work_queue
+from crm_store.customers import find_identity, record, resolve_customer
+from crm_store.models import Customer, InboxItem, OutboxItem
+from crm_store.work_queue import ClaimLost
+
+if TYPE_CHECKING:
+    from nlu.client import Intent
+
+log = logging.getLogger("scrm.worker")
+
+
+class IntentParser(Protocol):
+    async def parse(self, text: str) -> Intent: ...
+
+
+class InboxWorker:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        conversation: Conversation,
+        nlu: IntentParser,
+        profiles: ProfileLookup,
+        kf_puller: KfPuller,
+        max_attempts: int,
+        retry_base_s: float,
+        app_agent_id: int = 0,
+    ) -> None:
+        self.sessions = sessions
+        self.conversation = conversation
+        self.nlu = nlu
+        self.profiles = profiles
+        self.kf_puller = kf_puller
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self.app_agent_id = app_agent_id
+        self.on_outbox: Callable[[], None] = lambda: None
+        self.processed = 0
+
+    async def process(self, item: InboxItem) -> None:
+        event = InboundEvent.from_payload(item.payload)
+        try:
+            if event.kind == "kf_sync":
+                await self.kf_puller.pull(item, event)
+            elif event.channel == "app":
+                await self._finish_only(item, event)
+            else:
+                await self._handle_customer_event(item, event)
+        except ClaimLost:
+            log.warning("worker.claim_lost id=%s", item.id)
+            return
+        except Exception as exc:  # noqa: BLE001 - recorded on the item, retried with back-off
+            await self._retry_or_fail(item, exc)
+            return
+        self.processed += 1
+        metrics.INBOX_PROCESSED.labels(event.kind, "done").inc()
+
+    async def _handle_customer_event(self, item: InboxItem, event: InboundEvent) -> None:
+        async with self.sessions() as session:
+            known = await find_identity(session, event.identity_kind, event.sender) is not None
+        profile = None if known else await self.profiles.lookup(event)
+        intent = await self.nlu.parse(event.text) if _needs_intent(event) else None
+        async with self.sessions() as session, session.begin():
+            customer = await resolve_customer(session, event.identity_kind, event.sender, profile)
+            await record(session, customer.id, f"inbound.{event.kind}", _summary(event, intent))
+            context = TurnContext(session=session, intent=intent, is_new_customer=not known)
+            effects = await self.conversation.handle(event, customer, context)
+            wrote = await self._write_effects(session, item, event, customer, effects)
+            await work_queue.finish(session, item)
+        if wrote:
+            self.on_outbox()
+
+    async def _write_effects(
+        self,
+        session: AsyncSession,
+        item: InboxItem,
+        event: InboundEvent,
+        customer: Customer,
+        effects: Sequence[Effect],
+    ) -> int:
+        replies = 0
+        for effect in effects:
+            if isinstance(effect, Note):
+                await record(session, customer.id, effect.kind, effect.data)
+                continue
+            assert isinstance(effect, Reply)
+            call = reply_call(event, effect, first=replies == 0, agent_id=self.app_agent_id)
+            if call is None:
+                await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
+                continue
+            session.add(
+                OutboxItem(
+                    dedup_key=f"{item.dedup_key}#{replies}",
+                    queue_key=f"customer:{customer.id}",
+                    kind=call.kind,
+                    payload=call.payload,
+                    customer_id=customer.id,
+                )
+            )
+            await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
+            replies += 1
+        return replies
+
+    async def _finish_only(self, item: InboxItem, event: InboundEvent) -> None:
+        log.info("worker.app_event sender=%s kind=%s", event.sender, event.kind)
+        async with self.sessions() as session, session.begin():
+            await work_queue.finish(session, item)
+
+    async def _retry_or_fail(self, item: InboxItem, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        async with self.sessions() as session, session.begin():
+            if item.attempts >= self.max_attempts:
+                log.error("worker.failed id=%s attempts=%s %s", item.id, item.attempts, reason)
+                metrics.INBOX_PROCESSED.labels(item.kind, "failed").inc()
+                await work_queue.finish(session, item, "failed", reason)
+            else:
+                delay = work_queue.backoff_s(item.attempts, self.retry_base_s)
+                log.warning("worker.retry id=%s in %.0fs: %s", item.id, delay, reason)
+                metrics.INBOX_PROCESSED.labels(item.kind, "retry").inc()
+                await work_queue.retry_later(session, item, delay, reason)
+
+
+def _needs_intent(event: InboundEvent) -> bool:
+    """Menu clicks already say what the customer wants: skip NLU for them."""
+    return event.kind == "message" and bool(event.text.strip()) and not event.menu_id
+
+
+def _summary(event: InboundEvent, intent: Intent | None) -> dict[str, object]:
+    summary: dict[str, object] = {"channel": event.channel}
+    if event.text:
+        summary["text"] = event.text[:500]
+    for field in ("menu_id", "scene"):
+        if getattr(event, field):
+            summary[field] = getattr(event, field)
+    if intent is not None:
+        summary["intent"] = intent.name
+        summary["confidence"] = round(intent.confidence, 3)
+        summary["intent_source"] = intent.source
+    return summary

@@ -1,0 +1,108 @@
+"""One customer behind all of a person's identities, and the customer's timeline.
+
+A WeCom external_userid (kf and contacts share it within a corp) and an OA openid are
+identities; a known unionid ties them to one customer, merging two customers that were
+created before the unionid was known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from crm_store.models import Customer, Identity, OutboxItem, TimelineEvent, utcnow
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What the channel's API told us about a new identity."""
+
+    display_name: str = ""
+    unionid: str = ""
+
+
+async def find_identity(session: AsyncSession, kind: str, external_id: str) -> Identity | None:
+    return await session.scalar(select(Identity).where(Identity.kind == kind, Identity.external_id == external_id))
+
+
+async def resolve_customer(
+    session: AsyncSession, kind: str, external_id: str, profile: Profile | None = None
+) -> Customer:
+    """The customer behind an identity, created on first contact and merged by unionid."""
+    identity = await find_identity(session, kind, external_id)
+    profile = profile or Profile()
+    if identity is not None:
+        customer = await _live_customer(session, identity.customer_id)
+        if profile.unionid and customer.unionid != profile.unionid:
+            customer = await _attach_unionid(session, customer, profile.unionid)
+        customer.last_seen_at = utcnow()
+        return customer
+    customer = None
+    if profile.unionid:
+        customer = await session.scalar(select(Customer).where(Customer.unionid == profile.unionid))
+    if customer is None:
+        customer = Customer(display_name=profile.display_name, unionid=profile.unionid or None)
+        session.add(customer)
+        await session.flush()
+        await record(session, customer.id, "customer.created", {"via": kind})
+    try:
+        async with session.begin_nested():
+            session.add(Identity(customer_id=customer.id, kind=kind, external_id=external_id))
+    except IntegrityError:
+        # Another worker added this identity first; use theirs.
+        identity = await find_identity(session, kind, external_id)
+        assert identity is not None
+        return await _live_customer(session, identity.customer_id)
+    customer.last_seen_at = utcnow()
+    return customer
+
+
+async def _live_customer(session: AsyncSession, customer_id: int) -> Customer:
+    customer = await session.get_one(Customer, customer_id)
+    while customer.merged_into_id is not None:
+        customer = await session.get_one(Customer, customer.merged_into_id)
+    return customer
+
+
+async def _attach_unionid(session: AsyncSession, customer: Customer, unionid: str) -> Customer:
+    """Give the customer its unionid, merging into the customer that already holds it."""
+    holder = await session.scalar(select(Customer).where(Customer.unionid == unionid))
+    if holder is None:
+        customer.unionid = unionid
+        return customer
+    await merge_customers(session, keep=holder, absorb=customer)
+    return holder
+
+
+async def merge_customers(session: AsyncSession, keep: Customer, absorb: Customer) -> None:
+    """Move identities, timeline and pending messages to `keep`; `absorb` points at it from now on."""
+    for model in (Identity, TimelineEvent, OutboxItem):
+        await session.execute(
+            update(model)
+            .where(model.customer_id == absorb.id)
+            .values(customer_id=keep.id)
+            .execution_options(synchronize_session=False)
+        )
+    absorb.merged_into_id = keep.id
+    if not keep.display_name:
+        keep.display_name = absorb.display_name
+    await record(session, keep.id, "customer.merged", {"absorbed_customer_id": absorb.id})
+
+
+async def record(session: AsyncSession, customer_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
+    """Add an event to the customer's timeline (in the caller's transaction)."""
+    session.add(TimelineEvent(customer_id=customer_id, kind=kind, data=data or {}))
+
+
+async def timeline(session: AsyncSession, customer_id: int, limit: int = 50) -> list[TimelineEvent]:
+    rows = await session.scalars(
+        select(TimelineEvent)
+        .where(TimelineEvent.customer_id == customer_id)
+        .order_by(TimelineEvent.id.desc())
+        .limit(limit)
+    )
+    return list(rows)

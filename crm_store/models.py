@@ -1,0 +1,123 @@
+"""Tables of the message path: customers and identities, the timeline, the inbox and the outbox.
+
+Invariants live in the schema: one identity per channel id, one inbox row per channel
+message (retries are no-ops), one outbox row per effect (a redelivery cannot send twice).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    unionid: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    last_seen_at: Mapped[datetime | None]
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+
+    identities: Mapped[list[Identity]] = relationship(back_populates="customer")
+
+
+class Identity(Base):
+    """One way to reach a customer: a WeCom external_userid (kf and contacts share it) or an OA openid."""
+
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "wecom" | "oa"
+    external_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+    customer: Mapped[Customer] = relationship(back_populates="identities")
+
+    __table_args__ = (Index("uq_identity_kind_external_id", "kind", "external_id", unique=True),)
+
+
+class TimelineEvent(Base):
+    """What happened to a customer, with its cause: the customer's timeline."""
+
+    __tablename__ = "timeline_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+
+
+class QueueItem:
+    """Columns shared by the inbox and the outbox: both are work queues claimed by workers.
+
+    Status: pending → claimed → done, or back to pending with a later `available_at`, or
+    failed with `last_error`. Items with one `queue_key` are handled one at a time, in id order.
+    """
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
+    queue_key: Mapped[str] = mapped_column(String(160))
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None]
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class InboxItem(QueueItem, Base):
+    """A received callback or pulled message, stored before WeChat is answered."""
+
+    __tablename__ = "inbox"
+
+    channel: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (
+        Index("ix_inbox_status_available", "status", "available_at"),
+        Index("ix_inbox_queue_key_id", "queue_key", "id"),
+    )
+
+
+class OutboxItem(QueueItem, Base):
+    """An API call to make, written in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox"
+
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+
+    __table_args__ = (
+        Index("ix_outbox_status_available", "status", "available_at"),
+        Index("ix_outbox_queue_key_id", "queue_key", "id"),
+    )
+
+
+class KfCursor(Base):
+    """Where `kf/sync_msg` stopped for one kf account, so a restart neither re-reads nor skips."""
+
+    __tablename__ = "kf_cursors"
+
+    open_kfid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cursor: Mapped[str] = mapped_column(String(256), default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,153 @@
+"""Claiming work from the inbox and outbox so any number of workers share it without double work.
+
+A worker claims only the head of each queue key (the oldest unfinished item of one
+customer), so one customer's items run in order while different customers run in
+parallel. On PostgreSQL candidates are locked with `FOR UPDATE SKIP LOCKED`; on every
+backend the claim itself is a conditional UPDATE, and finishing checks the claim token,
+so a worker whose claim expired (it crashed or stalled) can never commit its result
+after another worker took the item over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from crm_store.models import InboxItem, OutboxItem, QueueItem, utcnow
+
+Item = TypeVar("Item", InboxItem, OutboxItem)
+
+
+class ClaimLost(Exception):
+    """The item was taken over by another worker; this worker's result must be rolled back."""
+
+
+def insert_ignoring_duplicates(session: AsyncSession, model: type[QueueItem], rows: Sequence[dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """INSERT … ON CONFLICT (dedup_key) DO NOTHING, returning the ids actually inserted."""
+    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    statement = (
+        dialect.insert(model)
+        .values(list(rows))
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(model.id)
+    )
+    return session.execute(statement)
+
+
+def _claimable(model: type[Item], now: datetime) -> Any:
+    return or_(
+        and_(model.status == "pending", model.available_at <= now),
+        and_(model.status == "claimed", model.claimed_until < now),
+    )
+
+
+async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float) -> list[Item]:
+    """Claim up to `limit` queue heads; commits, so the claim is visible to other workers."""
+    now = utcnow()
+    earlier = aliased(model)
+    blocked_by_earlier = exists().where(
+        earlier.queue_key == model.queue_key,
+        earlier.id < model.id,
+        earlier.status.in_(("pending", "claimed")),
+    )
+    candidates = (
+        select(model.id)
+        .where(_claimable(model, now), ~blocked_by_earlier)
+        .order_by(model.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list((await session.execute(candidates)).scalars())
+    if not ids:
+        await session.commit()
+        return []
+    token = uuid.uuid4().hex
+    claimed = await session.execute(
+        update(model)
+        .where(model.id.in_(ids), _claimable(model, now))
+        .values(
+            status="claimed",
+            claim_token=token,
+            claimed_until=now + timedelta(seconds=claim_ttl_s),
+            attempts=model.attempts + 1,
+        )
+        .returning(model)
+        .execution_options(synchronize_session=False)
+    )
+    items = sorted(claimed.scalars().all(), key=lambda item: item.id)
+    await session.commit()
+    return items
+
+
+async def finish(session: AsyncSession, item: QueueItem, status: str = "done", error: str | None = None) -> None:
+    """Mark a claimed item done or failed in the caller's transaction; ClaimLost if it is no longer ours."""
+    model = type(item)
+    result = await session.execute(
+        update(model)
+        .where(model.id == item.id, model.claim_token == item.claim_token, model.status == "claimed")
+        .values(status=status, finished_at=utcnow(), last_error=error, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise ClaimLost(f"{model.__tablename__} item {item.id}")
+
+
+async def retry_later(session: AsyncSession, item: QueueItem, delay_s: float, error: str) -> None:
+    """Put a claimed item back, to be tried again after `delay_s`."""
+    model = type(item)
+    await session.execute(
+        update(model)
+        .where(model.id == item.id, model.claim_token == item.claim_token, model.status == "claimed")
+        .values(
+            status="pending",
+            available_at=utcnow() + timedelta(seconds=delay_s),
+            last_error=error,
+            claimed_until=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def note(session: AsyncSession, item: QueueItem, text: str) -> None:
+    """Record progress on a claimed item (read back if the item is claimed again)."""
+    model = type(item)
+    await session.execute(
+        update(model)
+        .where(model.id == item.id, model.claim_token == item.claim_token)
+        .values(last_error=text)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
+    """Exponential back-off: 1 s, 2 s, 4 s … capped."""
+    return min(cap_s, base_s * 2 ** max(0, attempt - 1))
+
+
+async def counts(session: AsyncSession, model: type[QueueItem]) -> dict[str, int]:
+    """How many items are in each status (for /healthz and /metrics)."""
+    rows = await session.execute(select(model.status, func.count()).group_by(model.status))
+    return {status: count for status, count in rows.all()}
+
+
+async def due_count(session: AsyncSession, model: type[QueueItem]) -> int:
+    """Items that a worker could claim now or is working on."""
+    now = utcnow()
+    ready = or_(and_(model.status == "pending", model.available_at <= now), model.status == "claimed")
+    return int(await session.scalar(select(func.count()).select_from(model).where(ready)) or 0)
+
+
+async def oldest_pending_age_s(session: AsyncSession, model: type[QueueItem]) -> float:
+    oldest = await session.scalar(select(func.min(model.created_at)).where(model.status.in_(("pending", "claimed"))))
+    if oldest is None:
+        return 0.0
+    if oldest.tzinfo is None:  # SQLite returns naive datetimes
+        oldest = oldest.replace(tzinfo=timezone.utc)
+    return max(0.0, (utcnow() - oldest).total_seconds())
