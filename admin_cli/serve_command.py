@@ -22,9 +22,18 @@ log = logging.getLogger("scrm.serve")
 @cli.command()
 @click.option("--port", type=int, help="Listen on this port instead of server.port.")
 @click.option("--no-migrate", is_flag=True, help="Do not apply database migrations at start-up.")
+@click.option(
+    "--role",
+    type=click.Choice(["all", "web", "worker"]),
+    default="all",
+    show_default=True,
+    help="web: answer callbacks only; worker: process the inbox and send the outbox only; all: both.",
+)
 @click.pass_context
-def serve(ctx: click.Context, port: int | None, no_migrate: bool) -> None:
+def serve(ctx: click.Context, port: int | None, no_migrate: bool, role: str) -> None:
     """Run the bot server: callbacks, inbox worker, outbox sender, NLU and the sandbox.
+
+    Several processes can share one PostgreSQL store: run any number of each role.
 
     Example: scrm serve --port 8080, then open http://127.0.0.1:8080/sandbox
     """
@@ -34,15 +43,16 @@ def serve(ctx: click.Context, port: int | None, no_migrate: bool) -> None:
     configure_logging(settings.logging.level, settings.logging.json_format)
     if not no_migrate:
         upgrade(settings.store.url)
-    asyncio.run(_serve(settings))
+    asyncio.run(_serve(settings, role))
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, role: str) -> None:
     rasa = ManagedRasa(settings.nlu) if settings.nlu.mode == "managed" else None
     if rasa is not None:
         await rasa.start()
     app = create_app(
         settings,
+        run_workers=role != "web",
         rasa_url=rasa.url if rasa else None,
         rasa_token=rasa.token if rasa else None,
     )

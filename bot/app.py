@@ -16,6 +16,7 @@ from bot.callbacks import ENDPOINTS, CallbackEndpoint, add_callback_routes
 from bot.channels.oa import OaCallback
 from bot.channels.wecom import WecomCallback
 from bot.conversation import Conversation
+from bot.inbox import InboxWriter
 from bot.health import healthz, metrics_endpoint
 from bot.runtime import RUNTIME, Runtime
 from bot.sandbox.fake_wechat import FakeWeChat
@@ -87,9 +88,10 @@ def callback_endpoints(runtime: Runtime) -> dict[str, CallbackEndpoint]:
             oa.token.get_secret_value(), oa.encoding_aes_key.get_secret_value(), oa.app_id, oa.mode, tolerance
         ),
     }
+    writer = InboxWriter(runtime.sessions)
     return {
         path: CallbackEndpoint(
-            path.split("/")[-2], channel, runtime.sessions, settings.server.max_body_bytes, runtime.inbox.wake
+            path.split("/")[-2], channel, writer, settings.server.max_body_bytes, runtime.inbox.wake
         )
         for path, channel in channels.items()
     }

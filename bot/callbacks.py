@@ -13,14 +13,15 @@ from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
 from bot.channels.base import CallbackError
 from bot.events import InboundEvent
-from bot.inbox import store_events
+from bot.inbox import InboxWriter
 
 log = logging.getLogger("scrm.callbacks")
+
+CALLBACK_OUTCOMES = ("verified", "stored", "ignored", "rejected", "malformed")
 
 
 class CallbackChannel(Protocol):
@@ -38,22 +39,26 @@ class CallbackEndpoint:
         self,
         name: str,
         channel: CallbackChannel,
-        sessions: async_sessionmaker[AsyncSession],
+        inbox: InboxWriter,
         max_body_bytes: int,
         on_stored: Callable[[], None],
     ) -> None:
         self.name = name
         self.channel = channel
-        self.sessions = sessions
+        self.inbox = inbox
         self.max_body_bytes = max_body_bytes
         self.on_stored = on_stored
+        self._stored = metrics.INBOX_STORED.labels(name)
+        self._duplicates = metrics.INBOX_DUPLICATES.labels(name)
+        self._outcomes = {outcome: metrics.CALLBACKS.labels(name, outcome) for outcome in CALLBACK_OUTCOMES}
+        self._seconds = metrics.CALLBACK_SECONDS.labels(name)
 
     async def verify(self, request: web.Request) -> web.Response:
         try:
             echo = self.channel.verify_url(dict(request.query))
         except CallbackError as exc:
             return self._refuse(exc)
-        metrics.CALLBACKS.labels(self.name, "verified").inc()
+        self._outcomes["verified"].inc()
         return web.Response(text=echo)
 
     async def receive(self, request: web.Request) -> web.Response:
@@ -64,14 +69,13 @@ class CallbackEndpoint:
         except CallbackError as exc:
             return self._refuse(exc)
         if events:
-            async with self.sessions() as session, session.begin():
-                new = await store_events(session, events)
-            metrics.INBOX_STORED.labels(self.name).inc(new)
-            metrics.INBOX_DUPLICATES.labels(self.name).inc(len(events) - new)
+            new = await self.inbox.store(events)
+            self._stored.inc(new)
+            self._duplicates.inc(len(events) - new)
             if new:
                 self.on_stored()
-        metrics.CALLBACKS.labels(self.name, "stored" if events else "ignored").inc()
-        metrics.CALLBACK_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        self._outcomes["stored" if events else "ignored"].inc()
+        self._seconds.observe(time.perf_counter() - started)
         return web.Response(text="success")
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -86,7 +90,7 @@ class CallbackEndpoint:
 
     def _refuse(self, exc: CallbackError) -> web.Response:
         outcome = "rejected" if exc.status == 403 else "malformed"
-        metrics.CALLBACKS.labels(self.name, outcome).inc()
+        self._outcomes[outcome].inc()
         log.warning("callback.%s channel=%s reason=%s", outcome, self.name, exc)
         return web.Response(status=exc.status, text=str(exc))
 

@@ -6,7 +6,7 @@ Channels turn their XML/JSON into `InboundEvent`; the conversation layer returns
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Channel = Literal["kf", "contacts", "app", "oa"]
@@ -63,7 +63,7 @@ class InboundEvent:
         return f"{self.identity_kind}:{self.sender}"
 
     def to_payload(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self.__dict__, "extra": dict(self.extra)}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> InboundEvent:

@@ -4,12 +4,17 @@ Each page's messages are stored in the inbox together with the new cursor in one
 transaction, so a restart resumes exactly where the last saved page ended: nothing is
 re-read twice into the inbox (dedup by msgid) and nothing is skipped. Pulls for one kf
 account never overlap, because the notifications share one queue key.
+
+A burst of notifications needs one pull, not one each: a pull that reached the end
+also settles every notification stored before its last request began (WeChat notifies
+only after the message can be fetched), with a margin for clocks of other instances.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -20,12 +25,13 @@ from bot.inbox import store_events
 from bot.wechat_api import WeChatApi
 from crm_store import work_queue
 from crm_store.kf_cursors import kf_cursor, save_kf_cursor
-from crm_store.models import InboxItem
+from crm_store.models import InboxItem, utcnow
 
 log = logging.getLogger("scrm.kf")
 
 PAGE_LIMIT = 1000
 MAX_PAGES = 100  # a safety valve: the next notification continues from the saved cursor
+CLOCK_MARGIN = timedelta(seconds=1)
 
 
 class KfPuller:
@@ -39,16 +45,20 @@ class KfPuller:
         async with self.sessions() as session:
             cursor = await kf_cursor(session, open_kfid)
         for _ in range(MAX_PAGES):
+            requested_at = utcnow()
             body = {"cursor": cursor, "token": notification.sync_token, "limit": PAGE_LIMIT, "open_kfid": open_kfid}
             page = await self.api.post("kf/sync_msg", body)
             events = events_from_kf_messages(list(page.get("msg_list") or []))
             cursor = str(page.get("next_cursor") or cursor)
             more = bool(page.get("has_more"))
             async with self.sessions() as session, session.begin():
-                new = await store_events(session, events)
+                new = len(await store_events(session, events))
                 await save_kf_cursor(session, open_kfid, cursor)
                 if not more:
                     await work_queue.finish(session, item)
+                    await work_queue.finish_covered(
+                        session, item, requested_at - CLOCK_MARGIN, f"covered by the pull of inbox item {item.id}"
+                    )
             metrics.INBOX_STORED.labels("kf").inc(new)
             metrics.INBOX_DUPLICATES.labels("kf").inc(len(events) - new)
             log.info("kf.pulled open_kfid=%s messages=%s new=%s has_more=%s", open_kfid, len(events), new, more)

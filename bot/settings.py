@@ -8,10 +8,11 @@ missing key stops start-up with a message that names it (`SettingsError`).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -53,18 +54,22 @@ class SecuritySettings(_Section):
     timestamp_tolerance_s: int = Field(default=300, ge=0)
 
 
+def _aes_key_shape(value: SecretStr) -> SecretStr:
+    key = value.get_secret_value()
+    if key and (len(key) != 43 or not re.fullmatch(r"[A-Za-z0-9+/]{43}", key)):
+        raise ValueError("must be the 43-character EncodingAESKey shown in the admin console")
+    return value
+
+
+AesKey = Annotated[SecretStr, AfterValidator(_aes_key_shape)]
+
+
 class CallbackKeys(_Section):
     """A callback's token and EncodingAESKey, plus the secret that buys its access token."""
 
     token: SecretStr
-    encoding_aes_key: SecretStr
+    encoding_aes_key: AesKey
     secret: SecretStr = SecretStr("")
-
-    @model_validator(mode="after")
-    def _aes_key_shape(self) -> "CallbackKeys":
-        if len(self.encoding_aes_key.get_secret_value()) != 43:
-            raise ValueError("encoding_aes_key must be the 43-character EncodingAESKey")
-        return self
 
 
 class AppKeys(CallbackKeys):
@@ -83,9 +88,15 @@ class OaSettings(_Section):
     app_id: str
     app_secret: SecretStr = SecretStr("")
     token: SecretStr
-    encoding_aes_key: SecretStr = SecretStr("")
+    encoding_aes_key: AesKey = SecretStr("")
     mode: Literal["plain", "compat", "safe"] = "safe"
     api_base: str = "https://api.weixin.qq.com/cgi-bin"
+
+    @model_validator(mode="after")
+    def _key_for_encrypted_modes(self) -> "OaSettings":
+        if self.mode != "plain" and not self.encoding_aes_key.get_secret_value():
+            raise ValueError(f"oa.mode {self.mode} needs oa.encoding_aes_key")
+        return self
 
 
 class WorkerSettings(_Section):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
@@ -65,6 +65,9 @@ class TimelineEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
 
 
+UNFINISHED = "status IN ('pending', 'claimed')"
+
+
 class QueueItem:
     """Columns shared by the inbox and the outbox: both are work queues claimed by workers.
 
@@ -95,8 +98,13 @@ class InboxItem(QueueItem, Base):
     channel: Mapped[str] = mapped_column(String(16))
 
     __table_args__ = (
-        Index("ix_inbox_status_available", "status", "available_at"),
-        Index("ix_inbox_queue_key_id", "queue_key", "id"),
+        Index("ix_inbox_pending", "id", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+        Index("ix_inbox_claimed", "claimed_until", postgresql_where=text("status = 'claimed'"),
+              sqlite_where=text("status = 'claimed'")),
+        Index("ix_inbox_unfinished_queue", "queue_key", "id", postgresql_where=text(UNFINISHED),
+              sqlite_where=text(UNFINISHED)),
+        Index("ix_inbox_status", "status"),
     )
 
 
@@ -108,8 +116,13 @@ class OutboxItem(QueueItem, Base):
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
 
     __table_args__ = (
-        Index("ix_outbox_status_available", "status", "available_at"),
-        Index("ix_outbox_queue_key_id", "queue_key", "id"),
+        Index("ix_outbox_pending", "id", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+        Index("ix_outbox_claimed", "claimed_until", postgresql_where=text("status = 'claimed'"),
+              sqlite_where=text("status = 'claimed'")),
+        Index("ix_outbox_unfinished_queue", "queue_key", "id", postgresql_where=text(UNFINISHED),
+              sqlite_where=text(UNFINISHED)),
+        Index("ix_outbox_status", "status"),
     )
 
 

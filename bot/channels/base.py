@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import xmltodict
-from xml.parsers.expat import ExpatError
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
 
 Clock = Callable[[], float]
 
@@ -34,17 +34,22 @@ class MalformedCallback(CallbackError):
 
 
 def parse_xml(body: bytes | str) -> dict[str, Any]:
-    """The <xml> root as a dict of strings; entities and DTDs are refused."""
+    """The <xml> root's children as a dict of strings (nested elements as dicts); DTDs and entities are refused."""
     if not body:
         raise MalformedCallback("empty body")
     try:
-        document = xmltodict.parse(body, disable_entities=True)
-    except (ExpatError, ValueError) as exc:
+        root = fromstring(body, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError) as exc:
         raise MalformedCallback(f"not valid XML: {exc}") from None
-    root = document.get("xml") if isinstance(document, dict) else None
-    if not isinstance(root, dict):
+    if root.tag != "xml":
         raise MalformedCallback("missing <xml> root element")
-    return root
+    return {child.tag: _element_value(child) for child in root}
+
+
+def _element_value(element: Any) -> Any:
+    if len(element):
+        return {child.tag: _element_value(child) for child in element}
+    return element.text or ""
 
 
 def sha1_signature(*parts: str) -> str:

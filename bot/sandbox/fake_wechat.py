@@ -55,6 +55,7 @@ class FakeWeChat:
         self.oa_secret = oa_secret
         self.tokens: dict[str, float] = {}
         self.token_requests = 0
+        self.token_requests_by: dict[str, int] = {}  # by secret: which credential asked
         self.calls: list[str] = []
         self.failures: list[Failure] = []
         self.kf_messages: dict[str, list[dict[str, Any]]] = {}
@@ -147,8 +148,9 @@ class FakeWeChat:
             return 42001
         return 0
 
-    def _issue_token(self) -> web.Response:
+    def _issue_token(self, secret: str) -> web.Response:
         self.token_requests += 1
+        self.token_requests_by[secret] = self.token_requests_by.get(secret, 0) + 1
         token = secrets.token_urlsafe(24)
         self.tokens[token] = time.time() + TOKEN_TTL_S
         return _ok(access_token=token, expires_in=TOKEN_TTL_S)
@@ -158,12 +160,12 @@ class FakeWeChat:
             return _error(40013)
         if request.query.get("corpsecret") not in self.wecom_secrets:
             return _error(40001)
-        return self._issue_token()
+        return self._issue_token(request.query["corpsecret"])
 
     async def oa_token(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
         if request.query.get("appid") != self.oa_app_id or request.query.get("secret") != self.oa_secret:
             return _error(40125 if request.query.get("appid") == self.oa_app_id else 40013)
-        return self._issue_token()
+        return self._issue_token(self.oa_secret)
 
     async def kf_sync_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         messages = self.kf_messages.get(str(body.get("open_kfid", "")), [])
@@ -257,6 +259,7 @@ ERRMSG = {
     41051: "welcome code expired or used",
     42001: "access_token expired",
     45009: "reach max api daily quota limit",
+    45015: "response out of time limit or subscription is canceled",
     84061: "not external contact",
     95018: "send msg code is invalid",
 }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.sandbox import wechat_side
 from bot.sandbox.simulator import SANDBOX_KF_ACCOUNT
-from crm_store.models import Customer, Identity, InboxItem, KfCursor, OutboxItem, TimelineEvent
+from crm_store.models import Customer, Identity, InboxItem, KfCursor, OutboxItem, TimelineEvent, utcnow
 from tests.bot.conftest import Bot
 
 
@@ -198,3 +200,19 @@ async def test_outbox_row_is_written_with_the_inbox_item_done(bot: Bot) -> None:
     await bot.runtime.inbox.drain()
     assert await count(bot, OutboxItem, OutboxItem.status == "pending") == 1
     assert await count(bot, InboxItem, InboxItem.status == "done") == 2  # notification + message
+
+
+async def test_a_burst_of_kf_notifications_needs_one_pull(bot: Bot) -> None:
+    keys = bot.settings.wecom.kf
+    for index in range(5):
+        bot.fake.add_kf_text(SANDBOX_KF_ACCOUNT, f"wmBurst{index}", "你好")
+        xml = wechat_side.kf_notification_xml(bot.settings.wecom.corp_id, SANDBOX_KF_ACCOUNT, f"burst{index}")
+        signed = wechat_side.sign_wecom(keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(),
+                                        bot.settings.wecom.corp_id, xml)
+        assert (await bot.client.post("/wecom/kf/callback", params=signed.query, data=signed.body)).status == 200
+    async with bot.runtime.sessions() as session, session.begin():  # the burst arrived a minute ago
+        await session.execute(update(InboxItem).values(created_at=utcnow() - timedelta(minutes=1)))
+    await bot.drain()
+    assert bot.fake.calls.count("kf/sync_msg") == 1
+    assert all(len(bot.replies_to(f"wmBurst{index}")) == 1 for index in range(5))
+    assert await count(bot, InboxItem, InboxItem.status != "done") == 0

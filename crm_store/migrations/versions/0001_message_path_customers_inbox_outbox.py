@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 00:31:47.723818
+Create Date: 2026-11-23 01:21:31.407556
 """
 
 from alembic import op
@@ -46,8 +46,10 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedup_key')
     )
     with op.batch_alter_table('inbox', schema=None) as batch_op:
-        batch_op.create_index('ix_inbox_queue_key_id', ['queue_key', 'id'], unique=False)
-        batch_op.create_index('ix_inbox_status_available', ['status', 'available_at'], unique=False)
+        batch_op.create_index('ix_inbox_claimed', ['claimed_until'], unique=False, postgresql_where=sa.text("status = 'claimed'"), sqlite_where=sa.text("status = 'claimed'"))
+        batch_op.create_index('ix_inbox_pending', ['id'], unique=False, postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
+        batch_op.create_index('ix_inbox_status', ['status'], unique=False)
+        batch_op.create_index('ix_inbox_unfinished_queue', ['queue_key', 'id'], unique=False, postgresql_where=sa.text("status IN ('pending', 'claimed')"), sqlite_where=sa.text("status IN ('pending', 'claimed')"))
 
     op.create_table('kf_cursors',
     sa.Column('open_kfid', sa.String(length=64), nullable=False),
@@ -88,9 +90,11 @@ def upgrade() -> None:
     sa.UniqueConstraint('dedup_key')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_outbox_claimed', ['claimed_until'], unique=False, postgresql_where=sa.text("status = 'claimed'"), sqlite_where=sa.text("status = 'claimed'"))
         batch_op.create_index(batch_op.f('ix_outbox_customer_id'), ['customer_id'], unique=False)
-        batch_op.create_index('ix_outbox_queue_key_id', ['queue_key', 'id'], unique=False)
-        batch_op.create_index('ix_outbox_status_available', ['status', 'available_at'], unique=False)
+        batch_op.create_index('ix_outbox_pending', ['id'], unique=False, postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
+        batch_op.create_index('ix_outbox_status', ['status'], unique=False)
+        batch_op.create_index('ix_outbox_unfinished_queue', ['queue_key', 'id'], unique=False, postgresql_where=sa.text("status IN ('pending', 'claimed')"), sqlite_where=sa.text("status IN ('pending', 'claimed')"))
 
     op.create_table('timeline_events',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -112,9 +116,11 @@ def downgrade() -> None:
 
     op.drop_table('timeline_events')
     with op.batch_alter_table('outbox', schema=None) as batch_op:
-        batch_op.drop_index('ix_outbox_status_available')
-        batch_op.drop_index('ix_outbox_queue_key_id')
+        batch_op.drop_index('ix_outbox_unfinished_queue', postgresql_where=sa.text("status IN ('pending', 'claimed')"), sqlite_where=sa.text("status IN ('pending', 'claimed')"))
+        batch_op.drop_index('ix_outbox_status')
+        batch_op.drop_index('ix_outbox_pending', postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
         batch_op.drop_index(batch_op.f('ix_outbox_customer_id'))
+        batch_op.drop_index('ix_outbox_claimed', postgresql_where=sa.text("status = 'claimed'"), sqlite_where=sa.text("status = 'claimed'"))
 
     op.drop_table('outbox')
     with op.batch_alter_table('identities', schema=None) as batch_op:
@@ -124,8 +130,10 @@ def downgrade() -> None:
     op.drop_table('identities')
     op.drop_table('kf_cursors')
     with op.batch_alter_table('inbox', schema=None) as batch_op:
-        batch_op.drop_index('ix_inbox_status_available')
-        batch_op.drop_index('ix_inbox_queue_key_id')
+        batch_op.drop_index('ix_inbox_unfinished_queue', postgresql_where=sa.text("status IN ('pending', 'claimed')"), sqlite_where=sa.text("status IN ('pending', 'claimed')"))
+        batch_op.drop_index('ix_inbox_status')
+        batch_op.drop_index('ix_inbox_pending', postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
+        batch_op.drop_index('ix_inbox_claimed', postgresql_where=sa.text("status = 'claimed'"), sqlite_where=sa.text("status = 'claimed'"))
 
     op.drop_table('inbox')
     op.drop_table('customers')

@@ -1,0 +1,247 @@
+"""Ingest benchmark: signed, encrypted OA and kf callbacks at full speed, against a bare aiohttp handler.
+
+    .venv/bin/python bench/ingest.py [--messages 4000] [--concurrency 32]
+
+Runs, on this machine and in one go:
+  1. a bare aiohttp server that only answers "success" (the reference);
+  2. the bot (`scrm serve`, PostgreSQL inbox, Redis) with its worker and sender running,
+     its API pointed at a fake WeCom/OA server in this process;
+and drives both with the same callbacks. Every callback is then sent a second time (WeChat's
+retries), the bot is left to process everything, and the fake API's record is checked:
+every customer message answered exactly once. Prints callbacks/s, ack p50/p99 and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.sandbox import wechat_side  # noqa: E402
+from bot.sandbox.fake_wechat import FakeWeChat  # noqa: E402
+
+PG_ADMIN = os.environ.get("SCRM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("SCRM_BENCH_REDIS", "redis://127.0.0.1:6379/14")
+CORP, KF, OA_APP = "wwbenchcorp", "wkBenchKf", "wxbenchoa"
+KEYS = {name: (f"bench-{name}-token", f"bench{name}aeskey".ljust(43, "0")) for name in ("kf", "contacts", "app", "oa")}
+SECRETS = {"kf": "bench-kf-secret", "contacts": "bench-contacts-secret", "app": "bench-app-secret"}
+OA_SECRET = "bench-oa-secret"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def bare_server(port: int) -> web.AppRunner:
+    async def success(_request: web.Request) -> web.Response:
+        return web.Response(text="success")
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", success)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+def bot_environment(store_url: str, port: int, fake_base: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SCRM")}
+    env.update({
+        "SCRM__STORE__URL": store_url,
+        "SCRM__REDIS__URL": REDIS,
+        "SCRM__SERVER__PORT": str(port),
+        "SCRM__SANDBOX__ENABLED": "false",
+        "SCRM__NLU__MODE": "rules",
+        "SCRM__LOGGING__LEVEL": "WARNING",
+        "SCRM__WECOM__CORP_ID": CORP,
+        "SCRM__WECOM__API_BASE": fake_base,
+        "SCRM__OA__API_BASE": fake_base,
+        "SCRM__OA__APP_ID": OA_APP,
+        "SCRM__OA__APP_SECRET": OA_SECRET,
+        "SCRM__OA__TOKEN": KEYS["oa"][0],
+        "SCRM__OA__ENCODING_AES_KEY": KEYS["oa"][1],
+    })
+    for name in ("kf", "contacts", "app"):
+        env[f"SCRM__WECOM__{name.upper()}__TOKEN"] = KEYS[name][0]
+        env[f"SCRM__WECOM__{name.upper()}__ENCODING_AES_KEY"] = KEYS[name][1]
+        env[f"SCRM__WECOM__{name.upper()}__SECRET"] = SECRETS[name]
+    return env
+
+
+def build_callbacks(fake: FakeWeChat, count: int, first: int = 0) -> list[tuple[str, dict[str, str], bytes]]:
+    """Half OA text messages (one customer each), half kf notifications (each with a new message)."""
+    callbacks = []
+    for index in range(first, first + count):
+        if index % 2 == 0:
+            xml = wechat_side.oa_text_xml("gh_bench", f"oBench{index}", "你好", msg_id=10_000_000 + index)
+            signed = wechat_side.sign_oa(*KEYS["oa"], OA_APP, xml, "safe")
+            callbacks.append(("/oa/callback", signed.query, signed.body))
+        else:
+            fake.add_kf_text(KF, f"wmBench{index}", "你好")
+            xml = wechat_side.kf_notification_xml(CORP, KF, secrets.token_hex(8))
+            signed = wechat_side.sign_wecom(*KEYS["kf"], CORP, xml)
+            callbacks.append(("/wecom/kf/callback", signed.query, signed.body))
+    return callbacks
+
+
+async def drive(base: str, callbacks: list[tuple[str, dict[str, str], bytes]], concurrency: int) -> dict[str, float]:
+    latencies: list[float] = []
+    failures = 0
+    queue = list(reversed(callbacks))
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+
+        async def client() -> None:
+            nonlocal failures
+            while queue:
+                path, query, body = queue.pop()
+                started = time.perf_counter()
+                async with http.post(base + path, params=query, data=body) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "failures": failures,
+    }
+
+
+async def wait_until_processed(store_dsn: str, timeout_s: float) -> float:
+    connection = await asyncpg.connect(store_dsn)
+    started = time.perf_counter()
+    try:
+        while time.perf_counter() - started < timeout_s:
+            busy = await connection.fetchval(
+                "SELECT (SELECT count(*) FROM inbox WHERE status IN ('pending','claimed'))"
+                " + (SELECT count(*) FROM outbox WHERE status IN ('pending','claimed'))"
+            )
+            if busy == 0:
+                return time.perf_counter() - started
+            await asyncio.sleep(0.2)
+    finally:
+        await connection.close()
+    raise TimeoutError("the bot did not finish processing in time")
+
+
+async def main(messages: int, concurrency: int, role: str) -> int:
+    database = f"scrm_bench_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{database}"')
+    host = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
+    store_url = f"postgresql+asyncpg://{host}/{database}"
+    store_dsn = f"postgresql://{host}/{database}"
+    import redis.asyncio as redis_asyncio
+
+    await redis_asyncio.Redis.from_url(REDIS).flushdb()
+
+    fake = FakeWeChat(CORP, list(SECRETS.values()), OA_APP, OA_SECRET)
+    fake_runner = web.AppRunner(fake.app(), access_log=None)
+    await fake_runner.setup()
+    fake_port = free_port()
+    await web.TCPSite(fake_runner, "127.0.0.1", fake_port).start()
+    bare_port, bot_port = free_port(), free_port()
+    bare = await bare_server(bare_port)
+    env = bot_environment(store_url, bot_port, f"http://127.0.0.1:{fake_port}/cgi-bin")
+    bot = start_bot(["--role", role], env)
+    worker = None
+    try:
+        await wait_for_port(bot_port)
+        warmup = build_callbacks(fake, 200)
+        callbacks = build_callbacks(fake, messages, first=200)
+        await drive(f"http://127.0.0.1:{bare_port}", warmup, concurrency)
+        await drive(f"http://127.0.0.1:{bot_port}", warmup, concurrency)
+        reference = await drive(f"http://127.0.0.1:{bare_port}", callbacks, concurrency)
+        first = await drive(f"http://127.0.0.1:{bot_port}", callbacks, concurrency)
+        retries = await drive(f"http://127.0.0.1:{bot_port}", callbacks, concurrency)
+        if role == "web":
+            worker = start_bot(["--role", "worker", "--port", str(free_port())], env)
+        drained_s = await wait_until_processed(store_dsn, timeout_s=600)
+        report(messages, concurrency, role, reference, first, retries, drained_s)
+        return verify(fake, messages + 200)
+    finally:
+        for process in (bot, worker):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+        await bare.cleanup()
+        await fake_runner.cleanup()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.close()
+
+
+def start_bot(arguments: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([str(ROOT / ".venv/bin/scrm"), "serve", *arguments], env=env, stdout=subprocess.DEVNULL)
+
+
+async def wait_for_port(port: int, timeout_s: float = 60) -> None:
+    deadline = time.perf_counter() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while time.perf_counter() < deadline:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError("the bot did not start")
+
+
+def report(
+    messages: int, concurrency: int, role: str, reference: dict, first: dict, retries: dict, drained_s: float
+) -> None:
+    mode = "worker and sender in the same process" if role == "all" else "callbacks only; a worker process drains after"
+    print(f"ingest benchmark: {messages} callbacks (half OA safe-mode text, half kf notifications), "
+          f"concurrency {concurrency}, inbox on PostgreSQL, {mode}")
+    print(f"{'':28}{'callbacks/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}")
+    for name, row in (("bare aiohttp 'success'", reference), ("bot, first delivery", first),
+                      ("bot, every callback again", retries)):
+        print(f"{name:28}{row['rps']:12.0f}{row['p50_ms']:9.2f}{row['p99_ms']:9.2f}{row['failures']:9d}")
+    print(f"ratio bot/bare (first delivery): {first['rps'] / reference['rps']:.2f}")
+    print(f"ratio bot/bare (retries):        {retries['rps'] / reference['rps']:.2f}")
+    print(f"backlog processed {drained_s:.1f} s after the last callback")
+
+
+def verify(fake: FakeWeChat, expected: int) -> int:
+    per_user: dict[str, int] = {}
+    for sent in fake.sent:
+        per_user[sent.to] = per_user.get(sent.to, 0) + 1
+    lost = expected - len(per_user)
+    duplicated = sum(1 for count in per_user.values() if count > 1)
+    print(f"customers answered: {len(per_user)} of {expected}; lost {lost}; answered twice {duplicated}")
+    return 0 if lost == 0 and duplicated == 0 else 1
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--role", choices=["all", "web"], default="all",
+                        help="all: the bot processes while it ingests; web: callbacks only, then a worker drains")
+    arguments = parser.parse_args()
+    sys.exit(asyncio.run(main(arguments.messages, arguments.concurrency, arguments.role)))
