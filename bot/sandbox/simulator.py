@@ -74,7 +74,16 @@ class Simulator:
             return response.status
 
     def conversation(self, user: str) -> list[dict[str, Any]]:
-        return [{"text": sent.text, "via": sent.path, "at": sent.at} for sent in self.fake.messages_to(user)]
+        return [
+            {"text": sent.text, "via": sent.path, "at": sent.at, "menu": _menu_of(sent.body)}
+            for sent in self.fake.messages_to(user)
+        ]
+
+
+def _menu_of(body: dict[str, Any]) -> list[dict[str, str]]:
+    """The clickable choices of a kf `msgmenu` message, for the page to show as buttons."""
+    items = (body.get("msgmenu") or {}).get("list") or []
+    return [{"id": item["click"]["id"], "text": item["click"]["content"]} for item in items if "click" in item]
 
 
 SIMULATOR = web.AppKey("sandbox_simulator", Simulator)
@@ -103,7 +112,7 @@ async def _say(request: web.Request) -> web.Response:
     if data.get("action") == "enter":
         status = await (simulator.kf_enters(bot_url, user) if channel == "kf" else simulator.oa_subscribes(bot_url, user))
     elif channel == "kf":
-        status = await simulator.kf_says(bot_url, user, text)
+        status = await simulator.kf_says(bot_url, user, text, menu_id=str(data.get("menu_id") or "")[:64])
     else:
         status = await simulator.oa_says(bot_url, user, text)
     return web.json_response({"callback_status": status})
