@@ -12,12 +12,12 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from bot.callbacks import ENDPOINTS, CallbackEndpoint, add_callback_routes
+from bot.callbacks import ENDPOINTS, CallbackChannel, CallbackEndpoint, add_callback_routes
 from bot.channels.oa import OaCallback
 from bot.channels.wecom import WecomCallback
 from bot.conversation import Conversation
-from bot.inbox import InboxWriter
 from bot.health import healthz, metrics_endpoint
+from bot.inbox import InboxWriter
 from bot.runtime import RUNTIME, Runtime
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import SIMULATOR, Simulator, add_sandbox_routes, fake_for
@@ -72,7 +72,7 @@ def callback_endpoints(runtime: Runtime) -> dict[str, CallbackEndpoint]:
     tolerance = settings.security.timestamp_tolerance_s
     wecom = settings.wecom
     oa = settings.oa
-    channels = {
+    channels: dict[str, CallbackChannel] = {
         "/wecom/kf/callback": WecomCallback(
             "kf", wecom.kf.token.get_secret_value(), wecom.kf.encoding_aes_key.get_secret_value(), wecom.corp_id, tolerance
         ),

@@ -44,7 +44,7 @@ async def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     report["sender"] = {"backlog": backlog, "failed": outbox.get("failed", 0), "sent": outbox.get("done", 0),
                         "last_error": runtime.outbox.last_error}
     if outbox.get("failed", 0):
-        degraded.append(f"sender: {outbox['failed']} messages failed permanently (see `scrm outbox failed`)")
+        degraded.append(f"sender: {outbox['failed']} messages failed permanently (see `scrm outbox list --status failed`)")
     status = "degraded" if degraded else "ok"
     return 200, {"status": status, "degraded": degraded, **report}
 

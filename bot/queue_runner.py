@@ -33,8 +33,8 @@ class QueueRunner(Generic[Item]):
     ) -> None:
         self.name = name
         self.sessions = sessions
-        self.model = model
-        self.handle = handle
+        self.model: type[Item] = model
+        self.handle: Callable[[Item], Awaitable[None]] = handle
         self.concurrency = concurrency
         self.poll_interval_s = poll_interval_s
         self.claim_ttl_s = claim_ttl_s
@@ -61,7 +61,7 @@ class QueueRunner(Generic[Item]):
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def claim_and_start(self) -> int:

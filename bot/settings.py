@@ -93,7 +93,7 @@ class OaSettings(_Section):
     api_base: str = "https://api.weixin.qq.com/cgi-bin"
 
     @model_validator(mode="after")
-    def _key_for_encrypted_modes(self) -> "OaSettings":
+    def _key_for_encrypted_modes(self) -> OaSettings:
         if self.mode != "plain" and not self.encoding_aes_key.get_secret_value():
             raise ValueError(f"oa.mode {self.mode} needs oa.encoding_aes_key")
         return self
@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
 
     @model_validator(mode="after")
-    def _no_sandbox_secrets_in_production(self) -> "Settings":
+    def _no_sandbox_secrets_in_production(self) -> Settings:
         if self.sandbox.enabled:
             return self
         offending = [name for name, value in _secrets(self) if value.startswith(SANDBOX_SECRET_PREFIX)]

@@ -13,7 +13,6 @@ The exception tree:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -133,7 +132,7 @@ class WeChatApi:
                 if response.status != 200:
                     raise ApiError(-response.status, f"HTTP {response.status}", path)
                 data = await response.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
         except ValueError:
             raise RetryableApiError(-3, "answer is not JSON", path) from None

@@ -33,32 +33,46 @@ async def resolve_customer(
     session: AsyncSession, kind: str, external_id: str, profile: Profile | None = None
 ) -> Customer:
     """The customer behind an identity, created on first contact and merged by unionid."""
-    identity = await find_identity(session, kind, external_id)
     profile = profile or Profile()
-    if identity is not None:
+    identity = await find_identity(session, kind, external_id)
+    if identity is None:
+        customer = await _customer_for_new_identity(session, kind, external_id, profile)
+    else:
         customer = await _live_customer(session, identity.customer_id)
         if profile.unionid and customer.unionid != profile.unionid:
             customer = await _attach_unionid(session, customer, profile.unionid)
-        customer.last_seen_at = utcnow()
-        return customer
-    customer = None
-    if profile.unionid:
-        customer = await session.scalar(select(Customer).where(Customer.unionid == profile.unionid))
-    if customer is None:
-        customer = Customer(display_name=profile.display_name, unionid=profile.unionid or None)
-        session.add(customer)
-        await session.flush()
-        await record(session, customer.id, "customer.created", {"via": kind})
-    try:
-        async with session.begin_nested():
-            session.add(Identity(customer_id=customer.id, kind=kind, external_id=external_id))
-    except IntegrityError:
-        # Another worker added this identity first; use theirs.
-        identity = await find_identity(session, kind, external_id)
-        assert identity is not None
-        return await _live_customer(session, identity.customer_id)
     customer.last_seen_at = utcnow()
     return customer
+
+
+async def _customer_for_new_identity(
+    session: AsyncSession, kind: str, external_id: str, profile: Profile, retry: bool = True
+) -> Customer:
+    """Attach the identity to the customer holding its unionid, or to a new customer.
+
+    Runs in a savepoint: when another worker concurrently added the same identity or a
+    customer with the same unionid, the unique constraints refuse ours and we use theirs.
+    """
+    try:
+        async with session.begin_nested():
+            customer = None
+            if profile.unionid:
+                customer = await session.scalar(select(Customer).where(Customer.unionid == profile.unionid))
+            if customer is None:
+                customer = Customer(display_name=profile.display_name, unionid=profile.unionid or None)
+                session.add(customer)
+                await session.flush()
+                await record(session, customer.id, "customer.created", {"via": kind})
+            session.add(Identity(customer_id=customer.id, kind=kind, external_id=external_id))
+            await session.flush()
+        return customer
+    except IntegrityError:
+        if not retry:
+            raise
+    identity = await find_identity(session, kind, external_id)
+    if identity is not None:
+        return await _live_customer(session, identity.customer_id)
+    return await _customer_for_new_identity(session, kind, external_id, profile, retry=False)
 
 
 async def _live_customer(session: AsyncSession, customer_id: int) -> Customer:

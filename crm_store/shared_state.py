@@ -156,7 +156,8 @@ class RedisState(SharedState):
         return self._prefix + key
 
     async def get(self, key: str) -> str | None:
-        return await self._redis.get(self._key(key))
+        value = await self._redis.get(self._key(key))
+        return None if value is None else str(value)
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))

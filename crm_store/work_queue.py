@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.models import InboxItem, OutboxItem, QueueItem, utcnow
@@ -34,7 +35,7 @@ async def insert_ignoring_duplicates(
     """INSERT … ON CONFLICT (dedup_key) DO NOTHING for many rows; returns the dedup keys inserted."""
     if not rows:
         return set()
-    dialect = postgresql if session.bind.dialect.name == "postgresql" else sqlite
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
         dialect.insert(model).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(model.dedup_key)
     )
@@ -118,8 +119,8 @@ async def finish(session: AsyncSession, item: QueueItem, status: str = "done", e
         .values(status=status, finished_at=utcnow(), last_error=error, claimed_until=None)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
-        raise ClaimLost(f"{model.__tablename__} item {item.id}")
+    if cast(CursorResult[Any], result).rowcount != 1:
+        raise ClaimLost(f"{model.__name__} {item.id}")
 
 
 async def finish_covered(
@@ -138,7 +139,7 @@ async def finish_covered(
         .values(status="done", finished_at=utcnow(), last_error=reason)
         .execution_options(synchronize_session=False)
     )
-    return int(result.rowcount or 0)
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 async def retry_later(session: AsyncSession, item: QueueItem, delay_s: float, error: str) -> None:
@@ -191,5 +192,5 @@ async def oldest_pending_age_s(session: AsyncSession, model: type[QueueItem]) ->
     if oldest is None:
         return 0.0
     if oldest.tzinfo is None:  # SQLite returns naive datetimes
-        oldest = oldest.replace(tzinfo=timezone.utc)
+        oldest = oldest.replace(tzinfo=UTC)
     return max(0.0, (utcnow() - oldest).total_seconds())

@@ -31,6 +31,7 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
+    assert url, "sqlalchemy.url is not set"
     connection = context.config.attributes.get("connection")
     if connection is not None:
         _run(connection)

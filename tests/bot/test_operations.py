@@ -25,7 +25,6 @@ class SlowConversation:
 
 
 async def test_shutdown_finishes_the_turn_in_flight(bot: Bot) -> None:
-    from bot.responder import BuiltinResponder
 
     slow = SlowConversation()
     runtime = await Runtime.open(bot.runtime.settings, slow)

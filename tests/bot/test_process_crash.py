@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.ingest import CORP, KF, OA_APP, OA_SECRET, SECRETS, bot_environment, build_callbacks, free_port
+from bench.ingest import CORP, OA_APP, OA_SECRET, SECRETS, bot_environment, build_callbacks, free_port
 from bot.sandbox.fake_wechat import FakeWeChat
 from tests.conftest import Backend
 

@@ -11,8 +11,7 @@ from sqlalchemy import func, select, update
 from admin_cli.main import cli
 from bot.runtime import Runtime
 from crm_store import work_queue
-from crm_store.models import InboxItem, OutboxItem
-from crm_store.models import utcnow
+from crm_store.models import InboxItem, OutboxItem, utcnow
 from tests.bot.conftest import Bot
 
 
