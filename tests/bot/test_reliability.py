@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select, update
 
@@ -164,3 +165,19 @@ async def test_two_workers_share_the_inbox_without_double_work(bot: Bot) -> None
     total = sum(len(bot.replies_to(f"wmMany{index}")) for index in range(10))
     assert total == 41
     assert bot.runtime.worker.processed + second.worker.processed == 42
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # Redis: shared by instances
+async def test_instances_share_one_access_token_through_redis(bot: Bot) -> None:
+    from bot.responder import BuiltinResponder
+
+    others = [await Runtime.open(bot.runtime.settings, BuiltinResponder()) for _ in range(3)]
+    try:
+        tokens = await asyncio.gather(
+            *(runtime.apis["wecom.kf"].access_token() for runtime in [bot.runtime, *others])
+        )
+    finally:
+        for runtime in others:
+            await runtime.close()
+    assert len(set(tokens)) == 1
+    assert bot.fake.token_requests_by[bot.settings.wecom.kf.secret.get_secret_value()] == 1
