@@ -1,0 +1,61 @@
+"""What the NLU stage hands to the flow engine: an intent, its confidence, entities, and where it came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Where an Intent came from (Intent.source):
+SOURCE_RASA = "rasa"  # a fresh answer from the Rasa server
+SOURCE_CACHE = "cache"  # an earlier Rasa answer for the same normalised text
+SOURCE_RULES = "rules"  # the keyword rules: Rasa slow, failing, not ready, or mode "rules";
+#                         also empty input, which is never worth a round trip
+SOURCES = (SOURCE_RASA, SOURCE_CACHE, SOURCE_RULES)
+
+# Intents beyond the trained ones: Rasa's FallbackClassifier answers this when
+# no intent is confident enough, and the rules answer it when nothing matched.
+FALLBACK_INTENT = "nlu_fallback"
+OUT_OF_SCOPE_INTENT = "out_of_scope"
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A value found in the text, e.g. Entity("phone", "13812345678", 5, 16, "rules")."""
+
+    name: str
+    value: str
+    start: int = -1
+    end: int = -1
+    extractor: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entity": self.name, "value": self.value, "start": self.start, "end": self.end,
+                "extractor": self.extractor}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entity:
+        return cls(
+            name=str(data.get("entity", "")),
+            value=str(data.get("value", "")),
+            start=int(data.get("start", -1) if data.get("start") is not None else -1),
+            end=int(data.get("end", -1) if data.get("end") is not None else -1),
+            extractor=str(data.get("extractor") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class Intent:
+    """The NLU result for one message. `source` is one of SOURCES (see above)."""
+
+    name: str
+    confidence: float
+    entities: tuple[Entity, ...] = field(default=())
+    source: str = SOURCE_RASA
+
+    def entity(self, name: str) -> str | None:
+        """The first value of entity `name`, or None."""
+        return next((e.value for e in self.entities if e.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"intent": self.name, "confidence": round(self.confidence, 4),
+                "entities": [e.to_dict() for e in self.entities], "source": self.source}

@@ -1,0 +1,113 @@
+"""Running the Rasa command line from its own virtualenv: locate it, train a model.
+
+Rasa 3.6 needs Python 3.10 and old libraries, so it is never imported here: it
+runs as a child process from .venv-rasa (created by scripts/setup_rasa.sh).
+Models are named after the fingerprint of the project (config, domain, data,
+dictionary), so an unchanged project reuses its model and training is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+
+from nlu.settings import REPO_ROOT, NluSettings
+from nlu.training_data import fingerprint, load_project
+
+log = logging.getLogger("scrm.nlu.rasa")
+
+MODEL_PREFIX = "nlu-"
+KEEP_MODELS = 3
+REQUIREMENTS = REPO_ROOT / "nlu" / "requirements-rasa.txt"
+
+
+class RasaUnavailable(Exception):
+    """The Rasa virtualenv is missing or broken; scripts/setup_rasa.sh creates it."""
+
+
+class TrainingFailed(Exception):
+    """`rasa train nlu` exited with an error; the message holds the end of its log."""
+
+
+def rasa_executable(settings: NluSettings) -> Path:
+    rasa = settings.rasa_venv_path() / "bin" / "rasa"
+    if not os.access(rasa, os.X_OK):
+        raise RasaUnavailable(f"no Rasa at {rasa}: run scripts/setup_rasa.sh (or `make rasa`)")
+    return rasa
+
+
+def rasa_env(settings: NluSettings) -> dict[str, str]:
+    """The child's environment: no telemetry, no network, quiet TensorFlow.
+
+    Rasa's training cache (reused components, a few hundred MB) goes next to the
+    models instead of into the project folder.
+    """
+    env = dict(os.environ)
+    env.update(
+        RASA_CACHE_DIRECTORY=str(settings.model_path() / ".rasa-cache"),
+        RASA_TELEMETRY_ENABLED="false",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        SQLALCHEMY_SILENCE_UBER_WARNING="1",
+        PYTHONWARNINGS="ignore",
+        TQDM_DISABLE="1",
+    )
+    env.pop("PYTHONPATH", None)  # the app's packages must not shadow Rasa's
+    return env
+
+
+def project_fingerprint(settings: NluSettings) -> str:
+    """Changes when anything that shapes the model changes, including the Rasa version."""
+    extra = REQUIREMENTS.read_text(encoding="utf-8") if REQUIREMENTS.exists() else ""
+    return fingerprint(settings.project_path(), extra)
+
+
+def model_file(settings: NluSettings, fp: str | None = None) -> Path:
+    return settings.model_path() / f"{MODEL_PREFIX}{fp or project_fingerprint(settings)}.tar.gz"
+
+
+async def ensure_model(settings: NluSettings, force: bool = False) -> tuple[Path, bool]:
+    """The model for the current project, trained only when missing; returns (path, trained)."""
+    load_project(settings.project_path())  # file, line and reason before TensorFlow starts
+    target = model_file(settings)
+    if target.exists() and not force:
+        log.info("nlu.train.skipped model=%s (fingerprint unchanged)", target.name)
+        return target, False
+    await _train(settings, target)
+    _prune(settings.model_path(), keep=target)
+    return target, True
+
+
+async def _train(settings: NluSettings, target: Path) -> None:
+    rasa = rasa_executable(settings)
+    project = settings.project_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log_path = target.parent / "train.log"
+    started = time.monotonic()
+    log.info("nlu.train.started model=%s log=%s", target.name, log_path)
+    with log_path.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(rasa), "train", "nlu", "--config", "config.yml", "--nlu", "data",
+            "--out", str(target.parent), "--fixed-model-name", target.name.removesuffix(".tar.gz"),
+            cwd=project, env=rasa_env(settings), stdout=out, stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            proc.kill()
+            await proc.wait()
+            raise
+    if code != 0 or not target.exists():
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise TrainingFailed(f"rasa train nlu exited with {code}; end of {log_path}:\n{tail}")
+    log.info("nlu.train.done model=%s seconds=%.1f", target.name, time.monotonic() - started)
+
+
+def _prune(model_dir: Path, keep: Path) -> None:
+    """Keep the newest few models: enough to roll back, not enough to fill the disk."""
+    models = sorted(model_dir.glob(f"{MODEL_PREFIX}*.tar.gz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [m for m in models if m != keep][KEEP_MODELS - 1:]:
+        old.unlink(missing_ok=True)
