@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import click
 from sqlalchemy import select
@@ -10,9 +11,9 @@ from sqlalchemy import select
 from admin_cli.main import cli, echo_json, settings_of
 from crm_store.db import create_engine, session_factory
 from crm_store.migrate import upgrade
-from crm_store.models import InboxItem, OutboxItem
+from crm_store.models import InboxItem, OutboxItem, QueueItem
 
-QUEUES = {"inbox": InboxItem, "outbox": OutboxItem}
+QUEUES: dict[str, type[InboxItem] | type[OutboxItem]] = {"inbox": InboxItem, "outbox": OutboxItem}
 
 
 @cli.command()
@@ -71,17 +72,20 @@ def _queue_command(name: str) -> None:
     """
 
 
-async def _items(url: str, model: type[InboxItem] | type[OutboxItem], status: str, limit: int) -> list[dict]:
+async def _items(
+    url: str, model: type[InboxItem] | type[OutboxItem], status: str, limit: int
+) -> list[dict[str, Any]]:
     engine = create_engine(url)
     try:
         async with session_factory(engine)() as session:
             rows = await session.scalars(
                 select(model).where(model.status == status).order_by(model.id.desc()).limit(limit)
             )
+            items = cast(list[QueueItem], list(rows.all()))
             return [
                 {"id": row.id, "kind": row.kind, "status": row.status, "attempts": row.attempts,
                  "last_error": row.last_error, "created_at": row.created_at, "payload": row.payload}
-                for row in rows
+                for row in items
             ]
     finally:
         await engine.dispose()

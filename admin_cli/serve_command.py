@@ -50,12 +50,7 @@ async def _serve(settings: Settings, role: str) -> None:
     rasa = ManagedRasa(settings.nlu) if settings.nlu.mode == "managed" else None
     if rasa is not None:
         await rasa.start()
-    app = create_app(
-        settings,
-        run_workers=role != "web",
-        rasa_url=rasa.url if rasa else None,
-        rasa_token=rasa.token if rasa else None,
-    )
+    app = create_app(settings, run_workers=role != "web", managed_rasa=rasa)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port)

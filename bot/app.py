@@ -22,6 +22,7 @@ from bot.runtime import RUNTIME, Runtime
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import SIMULATOR, Simulator, add_sandbox_routes, fake_for
 from bot.settings import Settings
+from nlu.server import ManagedRasa
 
 log = logging.getLogger("scrm.app")
 
@@ -32,8 +33,7 @@ def create_app(
     settings: Settings,
     conversation: Conversation | None = None,
     run_workers: bool = True,
-    rasa_url: str | None = None,
-    rasa_token: str | None = None,
+    managed_rasa: ManagedRasa | None = None,
 ) -> web.Application:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
@@ -51,7 +51,7 @@ def create_app(
             effective = with_api_base(settings, f"http://127.0.0.1:{port}/cgi-bin")
             app[FAKE_WECHAT] = fake
             log.warning("sandbox.on fake WeCom/OA API at http://127.0.0.1:%s/cgi-bin; chat page at /sandbox", port)
-        runtime = await Runtime.open(effective, conversation, rasa_url, rasa_token)
+        runtime = await Runtime.open(effective, conversation, managed_rasa)
         app[RUNTIME] = runtime
         if settings.sandbox.enabled:
             app[SIMULATOR] = Simulator(effective, app[FAKE_WECHAT], runtime.http)

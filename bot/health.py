@@ -35,9 +35,13 @@ async def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
     elif not state_ok:
         degraded.append("shared_state: Redis does not answer")
     nlu = runtime.nlu.health()
+    if runtime.managed_rasa is not None:
+        nlu = {**nlu, "managed": runtime.managed_rasa.status()}
     report["nlu"] = nlu
     if nlu.get("status") != "ok":
-        degraded.append(f"nlu: {nlu.get('reason', nlu.get('status'))}")
+        managed = nlu.get("managed") or {}
+        reason = managed.get("last_error") or nlu.get("reason") or nlu.get("status")
+        degraded.append(f"nlu: {reason}")
     backlog = outbox.get("pending", 0) + outbox.get("claimed", 0)
     report["inbox"] = {"backlog": inbox.get("pending", 0) + inbox.get("claimed", 0), "lag_s": round(lag, 3),
                        "failed": inbox.get("failed", 0)}

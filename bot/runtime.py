@@ -29,6 +29,7 @@ from crm_store.models import InboxItem, OutboxItem
 from crm_store.shared_state import SharedState, open_shared_state
 from crm_store.work_queue import due_count
 from nlu.client import NluClient
+from nlu.server import ManagedRasa
 
 log = logging.getLogger("scrm.runtime")
 
@@ -46,19 +47,24 @@ class Runtime:
     outbox: QueueRunner[OutboxItem]
     worker: InboxWorker
     sender: OutboxSender
+    managed_rasa: ManagedRasa | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     async def open(
-        cls, settings: Settings, conversation: Conversation | None = None, rasa_url: str | None = None,
-        rasa_token: str | None = None,
+        cls, settings: Settings, conversation: Conversation | None = None, managed_rasa: ManagedRasa | None = None
     ) -> Runtime:
         engine = create_engine(settings.store.url, settings.store.echo)
         sessions = session_factory(engine)
         state = open_shared_state(settings.redis.url or None)
         http = aiohttp.ClientSession()
         apis = build_apis(settings, http, state)
-        nlu = NluClient(settings.nlu, state, rasa_url=rasa_url, token=rasa_token)
+        nlu = NluClient(
+            settings.nlu,
+            state,
+            rasa_url=managed_rasa.url if managed_rasa else None,
+            token=managed_rasa.token if managed_rasa else None,
+        )
         await nlu.start()
         worker_settings = settings.worker
         puller = KfPuller(sessions, apis["wecom.kf"])
@@ -84,7 +90,7 @@ class Runtime:
         puller.on_new_events = inbox.wake
         worker.on_outbox = outbox.wake
         sender.on_rate_limited = outbox.pause
-        return cls(settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender)
+        return cls(settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, managed_rasa)
 
     def start_background(self) -> None:
         """Run the inbox worker and the outbox sender until `close()`; references are kept."""
