@@ -170,7 +170,7 @@ async def main(messages: int, concurrency: int, role: str) -> int:
     bot = start_bot(["--role", role], env)
     worker = None
     try:
-        await wait_for_port(bot_port)
+        await wait_for_port(bot_port, bot)
         warmup = build_callbacks(fake, 200)
         callbacks = build_callbacks(fake, messages, first=200)
         await drive(f"http://127.0.0.1:{bare_port}", warmup, concurrency)
@@ -198,10 +198,13 @@ def start_bot(arguments: list[str], env: dict[str, str]) -> subprocess.Popen[byt
     return subprocess.Popen([str(ROOT / ".venv/bin/scrm"), "serve", *arguments], env=env, stdout=subprocess.DEVNULL)
 
 
-async def wait_for_port(port: int, timeout_s: float = 60) -> None:
+async def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 60) -> None:
+    """Until the bot on `port` answers /healthz (fails early if `process` exits)."""
     deadline = time.perf_counter() + timeout_s
     async with aiohttp.ClientSession() as http:
         while time.perf_counter() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"the bot exited with {process.returncode} during start-up")
             try:
                 async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
                     if response.status == 200:

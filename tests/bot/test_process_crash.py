@@ -16,25 +16,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench.ingest import CORP, OA_APP, OA_SECRET, SECRETS, bot_environment, build_callbacks, free_port
+from bench.ingest import (
+    CORP,
+    OA_APP,
+    OA_SECRET,
+    SECRETS,
+    bot_environment,
+    build_callbacks,
+    free_port,
+    wait_for_port,
+)
 from bot.sandbox.fake_wechat import FakeWeChat
 from tests.conftest import Backend
 
 SCRM = Path(sys.executable).with_name("scrm")
-
-
-async def wait_healthy(port: int, process: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            assert process.poll() is None, "the server exited during start-up"
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError("server did not start")
 
 
 async def wait_drained(port: int) -> None:
@@ -62,7 +57,7 @@ async def test_killed_server_loses_nothing_and_repeats_nothing(backend: Backend)
     server = subprocess.Popen([str(SCRM), "serve", "--role", "web"], env=env, stdout=subprocess.DEVNULL)
     worker: subprocess.Popen[bytes] | None = None
     try:
-        await wait_healthy(web_port, server)
+        await wait_for_port(web_port, server)
         callbacks = build_callbacks(fake, 20)
         async with aiohttp.ClientSession() as http:
             for path, query, body in callbacks + callbacks:  # every callback twice, as WeChat retries
@@ -74,7 +69,7 @@ async def test_killed_server_loses_nothing_and_repeats_nothing(backend: Backend)
         worker_port = free_port()
         worker = subprocess.Popen([str(SCRM), "serve", "--role", "worker", "--port", str(worker_port)], env=env,
                                   stdout=subprocess.DEVNULL)
-        await wait_healthy(worker_port, worker)
+        await wait_for_port(worker_port, worker)
         await wait_drained(worker_port)
         recipients = [sent.to for sent in fake.sent]
         assert len(recipients) == 20 and len(set(recipients)) == 20
