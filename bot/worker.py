@@ -9,6 +9,7 @@ the item to be claimed again; after it, the item is done: processed exactly once
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from nlu.client import Intent
 
 log = logging.getLogger("scrm.worker")
+
+KNOWN_IDENTITIES_REMEMBERED = 100_000
 
 
 class IntentParser(Protocol):
@@ -57,10 +60,11 @@ class InboxWorker:
         self.app_agent_id = app_agent_id
         self.on_outbox: Callable[[], None] = lambda: None
         self.processed = 0
+        self._known_identities: OrderedDict[str, None] = OrderedDict()  # identities never disappear
 
     async def process(self, item: InboxItem) -> None:
-        event = InboundEvent.from_payload(item.payload)
         try:
+            event = InboundEvent.from_payload(item.payload)
             if event.kind == "kf_sync":
                 await self.kf_puller.pull(item, event)
             elif event.channel == "app":
@@ -74,11 +78,10 @@ class InboxWorker:
             await self._retry_or_fail(item, exc)
             return
         self.processed += 1
-        metrics.INBOX_PROCESSED.labels(event.kind, "done").inc()
+        metrics.INBOX_PROCESSED.labels(item.kind, "done").inc()
 
     async def _handle_customer_event(self, item: InboxItem, event: InboundEvent) -> None:
-        async with self.sessions() as session:
-            known = await find_identity(session, event.identity_kind, event.sender) is not None
+        known = await self._is_known(event)
         profile = None if known else await self.profiles.lookup(event)
         intent = await self.nlu.parse(event.text) if _needs_intent(event) else None
         async with self.sessions() as session, session.begin():
@@ -88,8 +91,23 @@ class InboxWorker:
             effects = await self.conversation.handle(event, customer, context)
             wrote = await self._write_effects(session, item, event, customer, effects)
             await work_queue.finish(session, item)
+        self._remember(event)
         if wrote:
             self.on_outbox()
+
+    async def _is_known(self, event: InboundEvent) -> bool:
+        """Has this identity been seen? Asked of memory first: most messages come from known customers."""
+        key = f"{event.identity_kind}:{event.sender}"
+        if key in self._known_identities:
+            self._known_identities.move_to_end(key)
+            return True
+        async with self.sessions() as session:
+            return await find_identity(session, event.identity_kind, event.sender) is not None
+
+    def _remember(self, event: InboundEvent) -> None:
+        self._known_identities[f"{event.identity_kind}:{event.sender}"] = None
+        if len(self._known_identities) > KNOWN_IDENTITIES_REMEMBERED:
+            self._known_identities.popitem(last=False)
 
     async def _write_effects(
         self,

@@ -34,11 +34,13 @@ async def resolve_customer(
 ) -> Customer:
     """The customer behind an identity, created on first contact and merged by unionid."""
     profile = profile or Profile()
-    identity = await find_identity(session, kind, external_id)
-    if identity is None:
+    owner = await session.scalar(
+        select(Customer).join(Identity).where(Identity.kind == kind, Identity.external_id == external_id)
+    )
+    if owner is None:
         customer = await _customer_for_new_identity(session, kind, external_id, profile)
     else:
-        customer = await _live_customer(session, identity.customer_id)
+        customer = await _follow_merges(session, owner)
         if profile.unionid and customer.unionid != profile.unionid:
             customer = await _attach_unionid(session, customer, profile.unionid)
     customer.last_seen_at = utcnow()
@@ -76,7 +78,10 @@ async def _customer_for_new_identity(
 
 
 async def _live_customer(session: AsyncSession, customer_id: int) -> Customer:
-    customer = await session.get_one(Customer, customer_id)
+    return await _follow_merges(session, await session.get_one(Customer, customer_id))
+
+
+async def _follow_merges(session: AsyncSession, customer: Customer) -> Customer:
     while customer.merged_into_id is not None:
         customer = await session.get_one(Customer, customer.merged_into_id)
     return customer
