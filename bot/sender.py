@@ -54,6 +54,9 @@ class OutboxSender:
         try:
             await self.apis[credential].post(path, with_idempotency_key(item.kind, item.payload, item.id))
         except ApiError as exc:
+            if not idempotent and not exc.refused:
+                await self._close(item, "failed", f"outcome unknown ({exc.errmsg}); not resent")
+                return
             await self._failed(item, exc)
             return
         await self._close(item, "done", None)

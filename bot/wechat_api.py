@@ -38,6 +38,15 @@ class ApiError(Exception):
         self.errcode = errcode
         self.errmsg = errmsg
 
+    @property
+    def refused(self) -> bool:
+        """WeChat answered with an errcode, so the call certainly had no effect.
+
+        Transport failures, timeouts and HTTP errors (our negative codes below -1) leave
+        the outcome unknown: the request may have been carried out before the answer was lost.
+        """
+        return self.errcode >= -1
+
 
 class RetryableApiError(ApiError):
     retryable = True

@@ -181,3 +181,26 @@ async def test_instances_share_one_access_token_through_redis(bot: Bot) -> None:
             await runtime.close()
     assert len(set(tokens)) == 1
     assert bot.fake.token_requests_by[bot.settings.wecom.kf.secret.get_secret_value()] == 1
+
+
+async def test_oa_send_with_unknown_outcome_is_not_resent(bot: Bot) -> None:
+    bot.fake.fail_next("message/custom/send", http_status=502)  # the answer is lost: delivered or not?
+    await bot.simulator.oa_says(bot.url, "oMaybe", "你好")
+    await bot.drain()
+    async with bot.runtime.sessions() as session:
+        [row] = (await session.scalars(select(OutboxItem))).all()
+    assert row.status == "failed" and "outcome unknown" in (row.last_error or "")
+    assert bot.fake.calls.count("message/custom/send") == 1
+
+
+async def test_oa_send_refused_with_an_errcode_is_retried(start_bot) -> None:  # type: ignore[no-untyped-def]
+    bot = await start_bot(worker={"retry_base_s": 0.01})
+    bot.runtime.sender.rate_limit_pause_s = 0.01
+    bot.fake.fail_next("message/custom/send", errcode=45009)  # refused: certainly not delivered
+    await bot.simulator.oa_says(bot.url, "oLater", "你好")
+    for _ in range(50):
+        await bot.drain()
+        if bot.replies_to("oLater"):
+            break
+        await asyncio.sleep(0.02)
+    assert len(bot.replies_to("oLater")) == 1
