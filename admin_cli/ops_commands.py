@@ -9,6 +9,7 @@ import click
 from sqlalchemy import select
 
 from admin_cli.main import cli, echo_json, settings_of
+from crm_store import work_queue
 from crm_store.db import create_engine, session_factory
 from crm_store.migrate import upgrade
 from crm_store.models import InboxItem, OutboxItem, QueueItem
@@ -71,6 +72,24 @@ def _queue_command(name: str) -> None:
     Example: scrm {name} list --status failed --json
     """
 
+    @group.command("retry")
+    @click.argument("item_ids", nargs=-1, type=int, required=True)
+    @click.pass_context
+    def retry(ctx: click.Context, item_ids: tuple[int, ...]) -> None:
+        requeued = asyncio.run(_requeue(settings_of(ctx).store.url, model, list(item_ids)))
+        missing = sorted(set(item_ids) - set(requeued))
+        for item_id in requeued:
+            click.echo(f"#{item_id} queued again")
+        if missing:
+            raise click.ClickException(f"not failed (or not found), left as they are: {missing}")
+
+    retry.help = f"""Queue failed {name} items again, after the cause was fixed.
+
+    Only failed items are touched; the worker picks them up at once.
+
+    Example: scrm {name} retry 17 18
+    """
+
 
 async def _items(
     url: str, model: type[InboxItem] | type[OutboxItem], status: str, limit: int
@@ -87,6 +106,15 @@ async def _items(
                  "last_error": row.last_error, "created_at": row.created_at, "payload": row.payload}
                 for row in items
             ]
+    finally:
+        await engine.dispose()
+
+
+async def _requeue(url: str, model: type[InboxItem] | type[OutboxItem], item_ids: list[int]) -> list[int]:
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            return await work_queue.requeue_failed(session, model, item_ids)
     finally:
         await engine.dispose()
 

@@ -169,6 +169,19 @@ async def note(session: AsyncSession, item: QueueItem, text: str) -> None:
     )
 
 
+async def requeue_failed(session: AsyncSession, model: type[QueueItem], item_ids: list[int]) -> list[int]:
+    """Give failed items a fresh start (an admin fixed the cause); returns the ids requeued."""
+    result = await session.execute(
+        update(model)
+        .where(model.id.in_(item_ids), model.status == "failed")
+        .values(status="pending", attempts=0, available_at=utcnow(), finished_at=None,
+                last_error="queued again by an admin")
+        .returning(model.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(result.scalars().all())
+
+
 def backoff_s(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
     """Exponential back-off: 1 s, 2 s, 4 s … capped."""
     return min(cap_s, base_s * 2 ** max(0, attempt - 1))

@@ -145,6 +145,14 @@ async def test_permanent_failure_is_recorded_and_listed(bot: Bot) -> None:
     assert row["kind"] == "oa.custom_send" and "45015" in row["last_error"]
     health = await (await bot.client.get("/healthz")).json()
     assert any("failed permanently" in line for line in health["degraded"])
+    retried = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["outbox", "retry", str(row["id"]), "999999"],
+        env={"SCRM__STORE__URL": bot.settings.store.url},
+    )
+    assert retried.exit_code == 1 and f"#{row['id']} queued again" in retried.output
+    assert "[999999]" in retried.output
+    await bot.drain()  # the customer wrote again, the window is open: it goes out now, once
+    assert len(bot.replies_to("oLate")) == 1
 
 
 async def test_two_workers_share_the_inbox_without_double_work(bot: Bot) -> None:
