@@ -39,7 +39,7 @@ class ManagedRasa:
 
     def __init__(self, settings: NluSettings) -> None:
         self._settings = settings
-        self._token = settings.auth_token.get_secret_value() or secrets.token_urlsafe(24)
+        self._token = settings.auth_token.get_secret_value() or secrets.token_hex(24)
         self._host = settings.managed_host
         self._port = settings.managed_port or _free_port(self._host)
         self._task: asyncio.Task[None] | None = None
@@ -122,7 +122,7 @@ class ManagedRasa:
         log_path = model.parent / "rasa-server.log"
         with log_path.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
-                str(rasa), "run", "--enable-api", "--auth-token", self._token, "--model", str(model),
+                str(rasa), "run", "--enable-api", f"--auth-token={self._token}", "--model", str(model),
                 "--interface", self._host, "--port", str(self._port),
                 cwd=self._settings.project_path(), env=rasa_env(self._settings), stdout=out, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent,
