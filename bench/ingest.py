@@ -49,16 +49,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def bare_server(port: int) -> web.AppRunner:
+def bare_server(port: int) -> None:
+    """The reference: aiohttp answering "success" to every POST, in a process of its own like the bot."""
+
     async def success(_request: web.Request) -> web.Response:
         return web.Response(text="success")
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", success)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner
+    app.router.add_get("/healthz", success)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def bot_environment(store_url: str, port: int, fake_base: str) -> dict[str, str]:
@@ -165,12 +165,13 @@ async def main(messages: int, concurrency: int, role: str) -> int:
     fake_port = free_port()
     await web.TCPSite(fake_runner, "127.0.0.1", fake_port).start()
     bare_port, bot_port = free_port(), free_port()
-    bare = await bare_server(bare_port)
+    bare = subprocess.Popen([sys.executable, __file__, "--bare-server", str(bare_port)])
     env = bot_environment(store_url, bot_port, f"http://127.0.0.1:{fake_port}/cgi-bin")
     bot = start_bot(["--role", role], env)
     worker = None
     try:
         await wait_for_port(bot_port, bot)
+        await wait_for_port(bare_port, bare)
         warmup = build_callbacks(fake, 200)
         callbacks = build_callbacks(fake, messages, first=200)
         await drive(f"http://127.0.0.1:{bare_port}", warmup, concurrency)
@@ -188,7 +189,8 @@ async def main(messages: int, concurrency: int, role: str) -> int:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
-        await bare.cleanup()
+        bare.terminate()
+        bare.wait(timeout=30)
         await fake_runner.cleanup()
         await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         await admin.close()
@@ -246,5 +248,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--role", choices=["all", "web"], default="all",
                         help="all: the bot processes while it ingests; web: callbacks only, then a worker drains")
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
+    if arguments.bare_server:
+        bare_server(arguments.bare_server)
+        sys.exit(0)
     sys.exit(asyncio.run(main(arguments.messages, arguments.concurrency, arguments.role)))
