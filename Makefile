@@ -40,8 +40,10 @@ nlu-train: install rasa  ## train the intent model if its data or config changed
 nlu-test: install rasa  ## held-out accuracy, then 5-fold cross-validation (about 12 min)
 	$(BIN)/scrm nlu test --fail-under 0.9
 
-lint:
-	$(BIN)/python -m ruff check bot nlu flows crm_store admin_cli tests bench
+lint: install  ## ruff and mypy
+	$(BIN)/python -m pip install --quiet -e '.[lint]' 2> >(grep -v "^WARNING: Location" >&2)
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy bot crm_store admin_cli --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) .venv-rasa var nlu/models
