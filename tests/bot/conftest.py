@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,14 @@ class Bot:
 
     def replies_to(self, user: str) -> list[Sent]:
         return self.fake.messages_to(user)
+
+    async def drain_until_answered(self, user: str, rounds: int = 50) -> None:
+        """Drain repeatedly while retries wait out their (short, test-configured) back-off."""
+        for _ in range(rounds):
+            await self.drain()
+            if self.replies_to(user):
+                return
+            await asyncio.sleep(0.02)
 
 
 BotFactory = Callable[..., "AsyncIterator[Bot]"]

@@ -110,11 +110,7 @@ async def test_rate_limit_and_5xx_are_retried_then_delivered_once(start_bot) -> 
     bot.fake.fail_next("kf/send_msg", errcode=45009)
     bot.fake.fail_next("kf/send_msg", http_status=502)
     await bot.simulator.kf_says(bot.url, "wmRetry", "你好")
-    for _ in range(50):
-        await bot.drain()
-        if bot.replies_to("wmRetry"):
-            break
-        await asyncio.sleep(0.02)  # back-off is real time; bounded and short
+    await bot.drain_until_answered("wmRetry")
     assert len(bot.replies_to("wmRetry")) == 1
     assert bot.fake.calls.count("kf/send_msg") == 3
 
@@ -123,11 +119,7 @@ async def test_sync_failure_is_retried_without_losing_the_pull(start_bot) -> Non
     bot = await start_bot(worker={"retry_base_s": 0.01})
     bot.fake.fail_next("kf/sync_msg", errcode=-1)
     await bot.simulator.kf_says(bot.url, "wmSync", "你好")
-    for _ in range(50):
-        await bot.drain()
-        if bot.replies_to("wmSync"):
-            break
-        await asyncio.sleep(0.02)
+    await bot.drain_until_answered("wmSync")
     assert len(bot.replies_to("wmSync")) == 1
 
 
@@ -206,9 +198,5 @@ async def test_oa_send_refused_with_an_errcode_is_retried(start_bot) -> None:  #
     bot.runtime.sender.rate_limit_pause_s = 0.01
     bot.fake.fail_next("message/custom/send", errcode=45009)  # refused: certainly not delivered
     await bot.simulator.oa_says(bot.url, "oLater", "你好")
-    for _ in range(50):
-        await bot.drain()
-        if bot.replies_to("oLater"):
-            break
-        await asyncio.sleep(0.02)
+    await bot.drain_until_answered("oLater")
     assert len(bot.replies_to("oLater")) == 1
