@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from flows.settings import FlowSettings, LifecycleSettings
 from nlu.settings import NluSettings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
@@ -133,6 +134,8 @@ class Settings(BaseSettings):
     wecom: WecomSettings
     oa: OaSettings
     nlu: NluSettings = NluSettings()
+    flows: FlowSettings = FlowSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
     worker: WorkerSettings = WorkerSettings()
     sandbox: SandboxSettings = SandboxSettings()
     logging: LoggingSettings = LoggingSettings()

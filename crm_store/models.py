@@ -1,4 +1,4 @@
-"""Tables of the message path: customers and identities, the timeline, the inbox and the outbox.
+"""Tables: customers and identities, the timeline, the inbox and the outbox, tags, stages, flows.
 
 Invariants live in the schema: one identity per channel id, one inbox row per channel
 message (retries are no-ops), one outbox row per effect (a redelivery cannot send twice).
@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, func, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    func,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
@@ -33,6 +45,10 @@ class Customer(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
     last_seen_at: Mapped[datetime | None]
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    stage: Mapped[str] = mapped_column(String(32), default="lead", server_default="lead", index=True)
+    stage_changed_at: Mapped[datetime | None]
+    marketing_opt_out: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
+    owner_userid: Mapped[str | None] = mapped_column(String(64))  # the rep the customer added in WeCom
 
     identities: Mapped[list[Identity]] = relationship(back_populates="customer")
 
@@ -132,3 +148,114 @@ class KfCursor(Base):
     open_kfid: Mapped[str] = mapped_column(String(64), primary_key=True)
     cursor: Mapped[str] = mapped_column(String(256), default="")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Tag(Base):
+    """A tag of the brand's catalog; `wecom_tag_id` once mirrored to WeCom corp tags."""
+
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    group_name: Mapped[str] = mapped_column(String(64), default="")
+    wecom_tag_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CustomerTag(Base):
+    """A tag on a customer: at most once (the primary key), with what added it."""
+
+    __tablename__ = "customer_tags"
+
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id"), index=True)
+    cause: Mapped[str] = mapped_column(String(128), default="")
+    added_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (PrimaryKeyConstraint("customer_id", "tag_id"),)
+
+
+class StageChange(Base):
+    """Every lifecycle move, with its reason: the funnel is counted from these."""
+
+    __tablename__ = "stage_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    from_stage: Mapped[str] = mapped_column(String(32))
+    to_stage: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_stage_changes_to_stage_created", "to_stage", "created_at"),)
+
+
+class IntentCount(Base):
+    """How often a customer has shown an intent: what tag rules ("asked price 3 times") count."""
+
+    __tablename__ = "intent_counts"
+
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    intent: Mapped[str] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(default=0)
+
+    __table_args__ = (PrimaryKeyConstraint("customer_id", "intent"),)
+
+
+class FlowRelease(Base):
+    """One publication of the flow directory: immutable; a rollback is a new release."""
+
+    __tablename__ = "flow_releases"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sources: Mapped[dict[str, Any]]  # file name -> YAML text
+    versions: Mapped[dict[str, Any]]  # flow id -> version
+    note: Mapped[str] = mapped_column(String(200), default="")
+    published_by: Mapped[str] = mapped_column(String(64), default="")
+    published_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FlowVersion(Base):
+    """A flow's text each time it changed; conversations keep the version they started on."""
+
+    __tablename__ = "flow_versions"
+
+    flow_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    digest: Mapped[str] = mapped_column(String(64))
+    release_id: Mapped[int] = mapped_column(ForeignKey("flow_releases.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (PrimaryKeyConstraint("flow_id", "version"),)
+
+
+ACTIVE = "status = 'active'"
+
+
+class Conversation(Base):
+    """A customer's running flow: at most one per customer, enforced by a partial unique index."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    flow_id: Mapped[str] = mapped_column(String(64))
+    flow_version: Mapped[int]
+    release_id: Mapped[int] = mapped_column(ForeignKey("flow_releases.id"))
+    step_id: Mapped[str] = mapped_column(String(64))
+    slots: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    stack: Mapped[list[Any]] = mapped_column(JSON, default=list)  # sub-flows to return to
+    retries: Mapped[int] = mapped_column(default=0)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | ended
+    wake_at: Mapped[datetime | None]  # a wait or an ask timeout; the flow's inactivity deadline otherwise
+    reply_to: Mapped[dict[str, Any]] = mapped_column(default=dict)  # channel, sender, account of the last event
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    end_reason: Mapped[str] = mapped_column(String(64), default="")
+
+    __table_args__ = (
+        Index("uq_conversations_one_active", "customer_id", unique=True, **_partial(ACTIVE)),
+        Index("ix_conversations_wake", "wake_at", **_partial(ACTIVE)),
+        Index("ix_conversations_customer", "customer_id"),
+    )
