@@ -10,11 +10,13 @@ undoable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
+from bot.corp_tags import CorpTags
 from bot.delivery import OUTBOX_KINDS, with_idempotency_key
 from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
 from crm_store import work_queue
@@ -24,6 +26,9 @@ from crm_store.work_queue import ClaimLost
 log = logging.getLogger("scrm.sender")
 
 CALL_STARTED = "call started"
+
+# Turns a stored payload into the API body just before the call; None: nothing to send.
+Prepare = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
 class OutboxSender:
@@ -42,6 +47,9 @@ class OutboxSender:
         self.rate_limit_pause_s = rate_limit_pause_s
         self.on_rate_limited = lambda seconds: None
         self.sent = 0
+        self.prepare: dict[str, Prepare] = {}
+        if "wecom.contacts" in apis:  # mark_tag is stored by tag names; WeCom wants corp tag ids
+            self.prepare["contacts.mark_tag"] = CorpTags(apis["wecom.contacts"], sessions).prepare_mark_tag
 
     async def send(self, item: OutboxItem) -> None:
         credential, path, idempotent = OUTBOX_KINDS[item.kind]
@@ -52,7 +60,11 @@ class OutboxSender:
             async with self.sessions() as session, session.begin():
                 await work_queue.note(session, item, CALL_STARTED)
         try:
-            await self.apis[credential].post(path, with_idempotency_key(item.kind, item.payload, item.id))
+            payload: dict[str, Any] | None = item.payload
+            if item.kind in self.prepare:
+                payload = await self.prepare[item.kind](item.payload)
+            if payload is not None:
+                await self.apis[credential].post(path, with_idempotency_key(item.kind, payload, item.id))
         except ApiError as exc:
             if not idempotent and not exc.refused:
                 await self._close(item, "failed", f"outcome unknown ({exc.errmsg}); not resent")

@@ -4,7 +4,9 @@ The sandbox and the tests point `wecom.api_base` / `oa.api_base` at it. It issue
 checks access tokens (42001 once expired, 40014 when unknown), rate-limits on demand
 (45009), can be told to fail the next calls (`fail_next`), keeps kf messages for
 `kf/sync_msg` with real cursors, refuses used welcome codes, and records every message
-the bot sends so a test or the sandbox page can read them back.
+the bot sends so a test or the sandbox page can read them back. It keeps a corp tag
+library (`externalcontact/get_corp_tag_list`, `add_corp_tag`) and the tags each rep put
+on each contact (`mark_tag`), so a test can read a customer's tags on WeCom's side.
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ class FakeWeChat:
         self.contacts: dict[str, dict[str, str]] = {}
         self.oa_users: dict[str, dict[str, str]] = {}
         self.service_states: dict[tuple[str, str], int] = {}
+        self.corp_tag_groups: list[dict[str, Any]] = []  # as get_corp_tag_list answers them
+        self.contact_tags: dict[tuple[str, str], set[str]] = {}  # (userid, external_userid) -> tag ids
+        self.follow_users: dict[str, set[str]] = {}  # external_userid -> reps who added them, when known
         self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
         self._ids = itertools.count(1)
 
@@ -99,6 +104,24 @@ class FakeWeChat:
         self.welcome_codes[code] = external_userid
         return code
 
+    def add_follow_user(self, external_userid: str, userid: str) -> None:
+        """`userid` has the customer as a contact; once any is known, mark_tag checks it (84061)."""
+        self.follow_users.setdefault(external_userid, set()).add(userid)
+
+    def create_corp_tag(self, group_name: str, name: str) -> str:
+        """A corp tag an admin made in the WeCom console; returns its id."""
+        return self._new_tags(self._group(group_name), [{"name": name}])[0]["id"]
+
+    def corp_tag_names(self, external_userid: str, userid: str | None = None) -> set[str]:
+        """The names of the corp tags on a contact (by one rep, or by any)."""
+        names = {tag["id"]: tag["name"] for group in self.corp_tag_groups for tag in group["tag"]}
+        return {
+            names[tag_id]
+            for (rep, contact), tag_ids in self.contact_tags.items()
+            if contact == external_userid and userid in (None, rep)
+            for tag_id in tag_ids
+        }
+
     def messages_to(self, user: str) -> list[Sent]:
         return [sent for sent in self.sent if sent.to == user or sent.body.get("_to") == user]
 
@@ -115,6 +138,9 @@ class FakeWeChat:
             "message/send": self.app_message_send,
             "externalcontact/send_welcome_msg": self.send_welcome_msg,
             "externalcontact/get": self.externalcontact_get,
+            "externalcontact/get_corp_tag_list": self.get_corp_tag_list,
+            "externalcontact/add_corp_tag": self.add_corp_tag,
+            "externalcontact/mark_tag": self.mark_tag,
             "message/custom/send": self.oa_custom_send,
             "qrcode/create": self.oa_qrcode_create,
             "user/info": self.oa_user_info,
@@ -208,6 +234,73 @@ class FakeWeChat:
             return _error(84061)  # not an external contact of this corp
         return _ok(external_contact={"external_userid": request.query["external_userid"], **contact})
 
+    async def get_corp_tag_list(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        """All groups; or only the tags in `tag_id`; or only the groups in `group_id`."""
+        tag_ids, group_ids = set(body.get("tag_id") or []), set(body.get("group_id") or [])
+        groups = []
+        for group in self.corp_tag_groups:
+            if tag_ids:
+                tags = [tag for tag in group["tag"] if tag["id"] in tag_ids]
+                if tags:
+                    groups.append({**group, "tag": tags})
+            elif not group_ids or group["group_id"] in group_ids:
+                groups.append(group)
+        return _ok(tag_group=groups)
+
+    async def add_corp_tag(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Into `group_id`, or the group named `group_name` (created when new); 40071 for a name taken."""
+        tags = body.get("tag") or []
+        if not tags or any(not 0 < len(str(tag.get("name", ""))) <= 30 for tag in tags):
+            return _error(40058)
+        if body.get("group_id"):
+            group = next((g for g in self.corp_tag_groups if g["group_id"] == body["group_id"]), None)
+            if group is None:
+                return _error(40068)
+        elif body.get("group_name"):
+            group = self._group(str(body["group_name"]))
+        else:
+            return _error(40058)
+        taken = {tag["name"] for tag in group["tag"]}
+        if any(tag["name"] in taken for tag in tags) or len({tag["name"] for tag in tags}) < len(tags):
+            return _error(40071)
+        return _ok(tag_group={**group, "tag": self._new_tags(group, tags)})
+
+    async def mark_tag(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        userid, contact = str(body.get("userid") or ""), str(body.get("external_userid") or "")
+        add, remove = list(body.get("add_tag") or []), list(body.get("remove_tag") or [])
+        if not userid or not contact:
+            return _error(40003)
+        if not add and not remove:
+            return _error(40058)  # add_tag and remove_tag cannot both be empty
+        known = {tag["id"] for group in self.corp_tag_groups for tag in group["tag"]}
+        if any(tag_id not in known for tag_id in add + remove):
+            return _error(40068)
+        if contact in self.follow_users and userid not in self.follow_users[contact]:
+            return _error(84061)
+        marked = self.contact_tags.setdefault((userid, contact), set())
+        marked.update(add)
+        marked.difference_update(remove)
+        return _ok()
+
+    def _group(self, group_name: str) -> dict[str, Any]:
+        """The group with this name, created when new."""
+        for group in self.corp_tag_groups:
+            if group["group_name"] == group_name:
+                return group
+        group = {"group_id": f"etG{next(self._ids)}", "group_name": group_name, "create_time": int(time.time()),
+                 "order": 0, "tag": []}
+        self.corp_tag_groups.append(group)
+        return group
+
+    def _new_tags(self, group: dict[str, Any], tags: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        created = [
+            {"id": f"etT{next(self._ids)}", "name": str(tag["name"]), "create_time": int(time.time()),
+             "order": int(tag.get("order", 0))}
+            for tag in tags
+        ]
+        group["tag"].extend(created)
+        return created
+
     async def oa_custom_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         if not body.get("touser"):
             return _error(40003)
@@ -255,6 +348,9 @@ ERRMSG = {
     40013: "invalid corpid or appid",
     40014: "invalid access_token",
     40053: "invalid action_info",
+    40058: "invalid parameter",
+    40068: "invalid tagid",
+    40071: "tag name already exists",
     40125: "invalid appsecret",
     41051: "welcome code expired or used",
     42001: "access_token expired",
