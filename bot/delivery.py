@@ -18,6 +18,7 @@ OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
     "kf.send_msg": ("wecom.kf", "kf/send_msg", True),  # idempotent by msgid
     "kf.send_msg_on_event": ("wecom.kf", "kf/send_msg_on_event", True),  # the code is single-use
     "contacts.send_welcome_msg": ("wecom.contacts", "externalcontact/send_welcome_msg", True),
+    "contacts.mark_tag": ("wecom.contacts", "externalcontact/mark_tag", True),  # sets tags: repeatable
     "oa.custom_send": ("oa", "message/custom/send", False),  # no idempotency key: never resent blindly
     "app.message_send": ("wecom.app", "message/send", True),  # enable_duplicate_check
 }
@@ -43,9 +44,7 @@ def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0
             )
         return None
     if event.channel == "oa":
-        return OutboundCall(
-            "oa.custom_send", {"touser": event.sender, "msgtype": "text", "text": {"content": _oa_text(reply)}}
-        )
+        return OutboundCall("oa.custom_send", {"touser": event.sender, **_oa_content(reply)})
     return OutboundCall(
         "app.message_send",
         {
@@ -60,6 +59,9 @@ def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0
 
 
 def _kf_content(reply: Reply) -> dict[str, Any]:
+    card = _card_content(reply)
+    if card:
+        return card
     if not reply.menu:
         return {"msgtype": "text", "text": {"content": reply.text}}
     return {
@@ -69,6 +71,33 @@ def _kf_content(reply: Reply) -> dict[str, Any]:
             "list": [{"type": "click", "click": {"id": item.id, "content": item.text}} for item in reply.menu],
         },
     }
+
+
+def _card_content(reply: Reply) -> dict[str, Any] | None:
+    """kf cards need an uploaded thumbnail; without one, a link goes out as text with its URL."""
+    if reply.link is not None:
+        link = reply.link
+        return {"msgtype": "text", "text": {"content": "\n".join(p for p in (link.title, link.desc, link.url) if p)}}
+    card = reply.miniprogram
+    if card is not None and card.thumb_media_id:
+        return {"msgtype": "miniprogram", "miniprogram": {"appid": card.appid, "title": card.title,
+                                                          "thumb_media_id": card.thumb_media_id,
+                                                          "pagepath": card.pagepath}}
+    if card is not None:
+        return {"msgtype": "text", "text": {"content": card.title}}
+    return None
+
+
+def _oa_content(reply: Reply) -> dict[str, Any]:
+    if reply.link is not None:
+        article = {"title": reply.link.title, "description": reply.link.desc, "url": reply.link.url}
+        return {"msgtype": "news", "news": {"articles": [article]}}
+    card = reply.miniprogram
+    if card is not None and card.thumb_media_id:
+        return {"msgtype": "miniprogrampage", "miniprogrampage": {"title": card.title, "appid": card.appid,
+                                                                  "pagepath": card.pagepath,
+                                                                  "thumb_media_id": card.thumb_media_id}}
+    return {"msgtype": "text", "text": {"content": _oa_text(reply)}}
 
 
 def _oa_text(reply: Reply) -> str:

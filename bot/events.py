@@ -18,6 +18,7 @@ Channel = Literal["kf", "contacts", "app", "oa"]
 #   contact_edited / contact_removed (the customer deleted the rep) / contact_lost (the rep deleted the customer)
 #   subscribe      OA follow (scene = qrscene code), scan (SCAN), unsubscribe, menu_click
 #   kf_sync        a kf_msg_or_event notification: pull new messages for one kf account
+#   timer          not from WeChat: a waiting conversation's timer fired (the waker)
 EventKind = Literal[
     "message",
     "enter_session",
@@ -30,6 +31,7 @@ EventKind = Literal[
     "unsubscribe",
     "menu_click",
     "kf_sync",
+    "timer",
     "other",
 ]
 
@@ -77,12 +79,29 @@ class MenuItem:
 
 
 @dataclass(frozen=True)
+class LinkCard:
+    title: str
+    url: str
+    desc: str = ""
+
+
+@dataclass(frozen=True)
+class MiniProgramCard:
+    appid: str
+    pagepath: str
+    title: str
+    thumb_media_id: str = ""
+
+
+@dataclass(frozen=True)
 class Reply:
-    """Say something to the customer on the channel they used."""
+    """Say something to the customer on the channel they used: text, with buttons, or one card."""
 
     text: str
     menu: tuple[MenuItem, ...] = ()
     menu_head: str = ""
+    link: LinkCard | None = None
+    miniprogram: MiniProgramCard | None = None
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,19 @@ from bot.conversation import Conversation
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner
-from bot.responder import BuiltinResponder
 from bot.sender import OutboxSender
 from bot.settings import Settings
 from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
+from bot.waker import Waker
 from bot.worker import InboxWorker
 from crm_store.db import create_engine, session_factory
+from crm_store.lifecycle import Lifecycle
 from crm_store.models import InboxItem, OutboxItem
 from crm_store.shared_state import SharedState, open_shared_state
 from crm_store.work_queue import due_count
+from flows.engine import FlowEngine
+from flows.publishing import publish_if_unpublished
+from flows.releases import ReleaseCache
 from nlu.client import NluClient
 from nlu.server import ManagedRasa
 
@@ -47,6 +51,7 @@ class Runtime:
     outbox: QueueRunner[OutboxItem]
     worker: InboxWorker
     sender: OutboxSender
+    waker: Waker | None = None  # when the flow engine is the conversation
     managed_rasa: ManagedRasa | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -67,10 +72,17 @@ class Runtime:
         )
         await nlu.start()
         worker_settings = settings.worker
+        waker = None
+        if conversation is None:
+            if settings.flows.publish_on_start:
+                await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
+            flow_engine = FlowEngine(settings.flows, Lifecycle(settings.lifecycle), ReleaseCache(settings.lifecycle))
+            waker = Waker(sessions, flow_engine, settings.flows.wake_interval_s, settings.wecom.app.agent_id)
+            conversation = flow_engine
         puller = KfPuller(sessions, apis["wecom.kf"])
         worker = InboxWorker(
             sessions,
-            conversation or BuiltinResponder(),
+            conversation,
             nlu,
             ProfileLookup(apis),
             puller,
@@ -90,7 +102,11 @@ class Runtime:
         puller.on_new_events = inbox.wake
         worker.on_outbox = outbox.wake
         sender.on_rate_limited = outbox.pause
-        return cls(settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, managed_rasa)
+        if waker is not None:
+            waker.on_outbox = outbox.wake
+        return cls(
+            settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, managed_rasa
+        )
 
     def start_background(self) -> None:
         """Run the inbox worker and the outbox sender until `close()`; references are kept."""
@@ -98,6 +114,8 @@ class Runtime:
             asyncio.create_task(self.inbox.run(), name="inbox-runner"),
             asyncio.create_task(self.outbox.run(), name="outbox-runner"),
         ]
+        if self.waker is not None:
+            self.waker.start()
 
     async def drain(self) -> None:
         """Process every due inbox item and send every due outbox item (tests, CLI)."""
@@ -110,6 +128,8 @@ class Runtime:
 
     async def close(self) -> None:
         timeout = self.settings.server.shutdown_timeout_s
+        if self.waker is not None:
+            self.waker.stop()
         await self.inbox.stop(timeout)
         await self.outbox.stop(timeout)
         for task in self.tasks:

@@ -89,7 +89,7 @@ class InboxWorker:
             await record(session, customer.id, f"inbound.{event.kind}", _summary(event, intent))
             context = TurnContext(session=session, intent=intent, is_new_customer=not known)
             effects = await self.conversation.handle(event, customer, context)
-            wrote = await self._write_effects(session, item, event, customer, effects)
+            wrote = await write_effects(session, item.dedup_key, event, customer, effects, self.app_agent_id)
             await work_queue.finish(session, item)
         self._remember(event)
         if wrote:
@@ -109,37 +109,6 @@ class InboxWorker:
         if len(self._known_identities) > KNOWN_IDENTITIES_REMEMBERED:
             self._known_identities.popitem(last=False)
 
-    async def _write_effects(
-        self,
-        session: AsyncSession,
-        item: InboxItem,
-        event: InboundEvent,
-        customer: Customer,
-        effects: Sequence[Effect],
-    ) -> int:
-        replies = 0
-        for effect in effects:
-            if isinstance(effect, Note):
-                await record(session, customer.id, effect.kind, effect.data)
-                continue
-            assert isinstance(effect, Reply)
-            call = reply_call(event, effect, first=replies == 0, agent_id=self.app_agent_id)
-            if call is None:
-                await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
-                continue
-            session.add(
-                OutboxItem(
-                    dedup_key=f"{item.dedup_key}#{replies}",
-                    queue_key=f"customer:{customer.id}",
-                    kind=call.kind,
-                    payload=call.payload,
-                    customer_id=customer.id,
-                )
-            )
-            await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
-            replies += 1
-        return replies
-
     async def _finish_only(self, item: InboxItem, event: InboundEvent) -> None:
         log.info("worker.app_event sender=%s kind=%s", event.sender, event.kind)
         async with self.sessions() as session, session.begin():
@@ -157,6 +126,43 @@ class InboxWorker:
                 log.warning("worker.retry id=%s in %.0fs: %s", item.id, delay, reason)
                 metrics.INBOX_PROCESSED.labels(item.kind, "retry").inc()
                 await work_queue.retry_later(session, item, delay, reason)
+
+
+async def write_effects(
+    session: AsyncSession,
+    origin_key: str,
+    event: InboundEvent,
+    customer: Customer,
+    effects: Sequence[Effect],
+    agent_id: int = 0,
+) -> int:
+    """Timeline notes and outbox rows for a turn's effects; the number of replies queued.
+
+    Outbox keys derive from `origin_key` (the inbox item, or a conversation's wake-up),
+    so a turn that is run again after a crash cannot queue its replies twice.
+    """
+    replies = 0
+    for effect in effects:
+        if isinstance(effect, Note):
+            await record(session, customer.id, effect.kind, effect.data)
+            continue
+        assert isinstance(effect, Reply)
+        call = reply_call(event, effect, first=replies == 0, agent_id=agent_id)
+        if call is None:
+            await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
+            continue
+        session.add(
+            OutboxItem(
+                dedup_key=f"{origin_key}#{replies}",
+                queue_key=f"customer:{customer.id}",
+                kind=call.kind,
+                payload=call.payload,
+                customer_id=customer.id,
+            )
+        )
+        await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
+        replies += 1
+    return replies
 
 
 def _needs_intent(event: InboundEvent) -> bool:

@@ -10,11 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_store.models import Customer, Identity, OutboxItem, TimelineEvent, utcnow
+from crm_store.models import (
+    Conversation,
+    Customer,
+    CustomerTag,
+    Identity,
+    IntentCount,
+    OutboxItem,
+    StageChange,
+    TimelineEvent,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -73,11 +83,11 @@ async def _customer_for_new_identity(
             raise
     identity = await find_identity(session, kind, external_id)
     if identity is not None:
-        return await _live_customer(session, identity.customer_id)
+        return await live_customer(session, identity.customer_id)
     return await _customer_for_new_identity(session, kind, external_id, profile, retry=False)
 
 
-async def _live_customer(session: AsyncSession, customer_id: int) -> Customer:
+async def live_customer(session: AsyncSession, customer_id: int) -> Customer:
     return await _follow_merges(session, await session.get_one(Customer, customer_id))
 
 
@@ -98,8 +108,25 @@ async def _attach_unionid(session: AsyncSession, customer: Customer, unionid: st
 
 
 async def merge_customers(session: AsyncSession, keep: Customer, absorb: Customer) -> None:
-    """Move identities, timeline and pending messages to `keep`; `absorb` points at it from now on."""
-    for model in (Identity, TimelineEvent, OutboxItem):
+    """Move identities, timeline, tags, stage history, conversations and pending messages to `keep`.
+
+    `absorb` points at `keep` from now on. Tags both carry stay once; absorb's running
+    conversation ends (keep's, if any, is the one that goes on).
+    """
+    for model in (CustomerTag, IntentCount):
+        await session.execute(
+            delete(model).where(
+                model.customer_id == absorb.id,
+                _duplicate_key(model).in_(select(_duplicate_key(model)).where(model.customer_id == keep.id)),
+            )
+        )
+    await session.execute(
+        update(Conversation)
+        .where(Conversation.customer_id == absorb.id, Conversation.status == "active")
+        .values(status="ended", end_reason="merged", wake_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    for model in (Identity, TimelineEvent, OutboxItem, CustomerTag, IntentCount, StageChange, Conversation):
         await session.execute(
             update(model)
             .where(model.customer_id == absorb.id)
@@ -110,6 +137,10 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
     if not keep.display_name:
         keep.display_name = absorb.display_name
     await record(session, keep.id, "customer.merged", {"absorbed_customer_id": absorb.id})
+
+
+def _duplicate_key(model: type[CustomerTag] | type[IntentCount]) -> Any:
+    return CustomerTag.tag_id if model is CustomerTag else IntentCount.intent
 
 
 async def record(session: AsyncSession, customer_id: int, kind: str, data: dict[str, Any] | None = None) -> None:

@@ -73,6 +73,7 @@ class FlowSettings(BaseModel):
 
     directory: Path = SHIPPED_FLOWS
     interrupt: Literal["never", "stronger", "any"] = "stronger"
+    fallback_flow: str = "fallback"  # answers messages no trigger matched (when that flow exists)
     max_steps_per_turn: int = Field(default=50, ge=5, le=1000)
     wake_interval_s: float = Field(default=5.0, gt=0)
     publish_on_start: bool = True  # publish the directory when nothing has been published yet

@@ -12,6 +12,10 @@ from bot.sandbox.simulator import SANDBOX_KF_ACCOUNT
 from crm_store.models import Customer, Identity, InboxItem, KfCursor, OutboxItem, TimelineEvent, utcnow
 from tests.bot.conftest import Bot
 
+# What the shipped flows (flows/library) answer.
+GREETING = "您好！请问有什么可以帮您？可以问价格、查订单、领优惠券。"
+ASK_PRODUCT = "请问您想了解哪款商品呢？告诉我商品名称就好～"
+
 
 async def count(bot: Bot, model: type, *where: object) -> int:
     async with bot.runtime.sessions() as session:
@@ -24,7 +28,7 @@ async def test_kf_greeting_is_answered_once(bot: Bot) -> None:
     [reply] = bot.replies_to("wmAlice")
     assert reply.path == "kf/send_msg"
     assert reply.body["open_kfid"] == SANDBOX_KF_ACCOUNT
-    assert reply.body["msgtype"] == "msgmenu" and "你好" in reply.text
+    assert reply.body["msgtype"] == "text" and "您好" in reply.text  # the shipped smalltalk flow
     assert reply.body["msgid"].startswith("scrm")
     assert await count(bot, InboxItem, InboxItem.status != "done") == 0
     async with bot.runtime.sessions() as session:
@@ -48,10 +52,7 @@ async def test_retried_callback_and_repeated_pull_are_no_ops(bot: Bot) -> None:
         (await session.get(KfCursor, SANDBOX_KF_ACCOUNT)).cursor = ""  # type: ignore[union-attr]
     await bot.simulator.kf_says(bot.url, "wmBob", "你好")
     await bot.drain()
-    assert [reply.text for reply in bot.replies_to("wmBob")] == [
-        "收到您的消息，我们会转给同事处理，稍后回复您。",
-        "你好！请问有什么可以帮您？",
-    ]
+    assert [reply.text for reply in bot.replies_to("wmBob")] == [ASK_PRODUCT, GREETING]
 
 
 async def test_has_more_is_followed_page_by_page(bot: Bot) -> None:
@@ -71,12 +72,7 @@ async def test_messages_of_one_customer_are_answered_in_order(bot: Bot) -> None:
     await bot.simulator.kf_says(bot.url, "wmOrder", "你好")
     await bot.drain()
     texts = [reply.text for reply in bot.replies_to("wmOrder")]
-    assert texts == [
-        "你好！请问有什么可以帮您？",
-        "不客气，随时为您服务～",
-        "收到您的消息，我们会转给同事处理，稍后回复您。",
-        "你好！请问有什么可以帮您？",
-    ]
+    assert texts == [GREETING, "不客气，随时为您服务～", ASK_PRODUCT, GREETING]
 
 
 async def test_enter_session_uses_the_welcome_code(bot: Bot) -> None:
@@ -92,7 +88,7 @@ async def test_enter_session_uses_the_welcome_code(bot: Bot) -> None:
 async def test_menu_click_skips_nlu_and_answers(bot: Bot) -> None:
     await bot.simulator.kf_says(bot.url, "wmMenu", "问价格", menu_id="price")
     await bot.drain()
-    assert [r.text for r in bot.replies_to("wmMenu")] == ["请告诉我您想了解哪款商品，我帮您查价格。"]
+    assert [r.text for r in bot.replies_to("wmMenu")] == [ASK_PRODUCT]
 
 
 async def test_contact_added_gets_welcome_and_profile(bot: Bot) -> None:

@@ -1,0 +1,81 @@
+"""Wakes waiting conversations when their timer is due: `wait` steps, ask time-outs, inactivity.
+
+APScheduler is only the clock: one interval job that takes no objects. What is due
+lives in the store (`conversations.wake_at`) and is claimed with FOR UPDATE SKIP
+LOCKED, so a restart loses nothing and several instances never wake the same
+conversation twice; the wake-up and its replies commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.events import InboundEvent
+from bot.worker import write_effects
+from crm_store.conversations import claim_due
+from crm_store.customers import live_customer
+from crm_store.models import Conversation, utcnow
+from flows.engine import FlowEngine
+
+log = logging.getLogger("scrm.waker")
+
+WAKE_BATCH = 100
+
+
+class Waker:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], engine: FlowEngine, interval_s: float, agent_id: int = 0
+    ) -> None:
+        self.sessions = sessions
+        self.engine = engine
+        self.interval_s = interval_s
+        self.agent_id = agent_id
+        self.on_outbox = lambda: None
+        self.scheduler: AsyncIOScheduler | None = None
+
+    def start(self) -> None:
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.add_job(
+            self.wake_due, "interval", seconds=self.interval_s, id="wake-conversations",
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    async def wake_due(self, now: datetime | None = None) -> int:
+        """Wake every conversation due at `now` (default: the current time); how many were woken."""
+        woken = 0
+        while True:
+            async with self.sessions() as session, session.begin():
+                due = await claim_due(session, now or utcnow(), WAKE_BATCH)
+                for conversation in due:
+                    await self._wake(session, conversation)
+            woken += len(due)
+            if due:
+                self.on_outbox()
+            if len(due) < WAKE_BATCH:
+                return woken
+
+    async def _wake(self, session: AsyncSession, conversation: Conversation) -> None:
+        customer = await live_customer(session, conversation.customer_id)
+        target = conversation.reply_to
+        assert conversation.wake_at is not None
+        origin = f"wake:{conversation.id}:{int(conversation.wake_at.timestamp() * 1000)}"
+        event = InboundEvent(
+            channel=target.get("channel", "kf"), kind="timer", dedup_key=origin,
+            sender=target.get("sender", ""), account=target.get("account", ""),
+        )
+        try:
+            async with session.begin_nested():
+                effects = await self.engine.wake(session, conversation, customer, event)
+                await write_effects(session, origin, event, customer, effects, self.agent_id)
+        except Exception:  # noqa: BLE001 - one broken conversation must not stop the others
+            log.exception("waker.failed conversation=%s", conversation.id)
+            conversation.status, conversation.end_reason, conversation.wake_at = "ended", "wake_failed", None

@@ -1,0 +1,85 @@
+"""Is this a valid answer to an `ask` step? Typed values are checked and normalised here.
+
+Customers type phone numbers with spaces, dashes, full-width digits or a +86 prefix,
+numbers as digits or in Chinese, and choices as the button, its number or its text:
+all of those are answers; anything else is a retry with the step's re-prompt.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from flows.model import Ask, MenuChoice
+from nlu.text import cache_form
+
+_PHONE = re.compile(r"^(?:\+?86)?(1[3-9]\d{9})$")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[a-z]{2,24}$", re.IGNORECASE)
+_NUMBER = re.compile(r"-?\d{1,12}(?:\.\d{1,6})?")
+_CHINESE_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+INTENT_ANSWER_MIN_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class Answer:
+    value: str
+    goto: str = ""  # a choice that jumps somewhere
+
+
+def normalise(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).strip()
+
+
+def answer_to(step: Ask, text: str, menu_id: str, intent: str, confidence: float) -> Answer | None:
+    """The answer `step` accepts in this message, or None when it has to ask again."""
+    text = normalise(text)
+    if step.expect == "choice":
+        return _choice(step.choices, text, menu_id)
+    if step.expect == "intent":
+        ok = intent in step.intents and confidence >= INTENT_ANSWER_MIN_CONFIDENCE
+        return Answer(intent) if ok else None
+    if not text:
+        return None
+    if step.expect == "phone":
+        match = _PHONE.match(re.sub(r"[\s\-()]", "", text))
+        return Answer(match.group(1)) if match else None
+    if step.expect == "email":
+        return Answer(text.lower()) if _EMAIL.match(text) else None
+    if step.expect == "number":
+        number = parse_number(text)
+        return Answer(number) if number is not None else None
+    return Answer(text[:500])
+
+
+def parse_number(text: str) -> str | None:
+    """"12", "１２", "12.5", "三", "十二", "二十" → the number as text; None when none is there."""
+    match = _NUMBER.search(text.replace(",", ""))
+    if match:
+        return match.group(0)
+    digits = text.strip("个件份位号 ")
+    if digits and all(ch in _CHINESE_DIGITS or ch == "十" for ch in digits) and len(digits) <= 3:
+        return str(_chinese_number(digits))
+    return None
+
+
+def _chinese_number(text: str) -> int:
+    if "十" not in text:
+        return int("".join(str(_CHINESE_DIGITS[ch]) for ch in text))
+    tens, _, ones = text.partition("十")
+    return (_CHINESE_DIGITS[tens] if tens else 1) * 10 + (_CHINESE_DIGITS[ones] if ones else 0)
+
+
+def _choice(choices: tuple[MenuChoice, ...], text: str, menu_id: str) -> Answer | None:
+    if menu_id:
+        chosen = next((choice for choice in choices if choice.id == menu_id), None)
+        return Answer(chosen.id, chosen.goto) if chosen else None
+    number = parse_number(text) if len(text) <= 4 else None
+    if number is not None and number.isdigit() and 1 <= int(number) <= len(choices):
+        chosen = choices[int(number) - 1]
+        return Answer(chosen.id, chosen.goto)
+    wanted = cache_form(text)
+    for choice in choices:
+        if wanted and wanted in (cache_form(choice.text), cache_form(choice.id)):
+            return Answer(choice.id, choice.goto)
+    return None

@@ -1,0 +1,59 @@
+"""Hooks: the `action` steps and `check` conditions that other parts of the product provide.
+
+Group-buy, invite-for-reward and nurture sequences register their handlers here; the
+flow engine only knows names. An action nobody registered is not silent: the step is
+recorded on the timeline as unavailable, logged, and the flow carries on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.events import InboundEvent
+from crm_store.models import Customer
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """What a hook may look at: the customer, the event, the slots so far and the step's params."""
+
+    session: AsyncSession
+    customer: Customer
+    event: InboundEvent
+    slots: Mapping[str, str]
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    slots: Mapping[str, str] = field(default_factory=dict)  # filled for the steps after it
+    replies: tuple[str, ...] = ()
+    goto: str = ""  # a step of the flow to continue at instead of `next`
+
+
+ActionHandler = Callable[[HookCall], Awaitable[ActionResult]]
+CheckHandler = Callable[[HookCall], Awaitable[bool]]
+
+
+@dataclass
+class Hooks:
+    actions: dict[str, ActionHandler] = field(default_factory=dict)
+    checks: dict[str, CheckHandler] = field(default_factory=dict)
+
+    def action(self, name: str) -> Callable[[ActionHandler], ActionHandler]:
+        def register(handler: ActionHandler) -> ActionHandler:
+            self.actions[name] = handler
+            return handler
+
+        return register
+
+    def check(self, name: str) -> Callable[[CheckHandler], CheckHandler]:
+        def register(handler: CheckHandler) -> CheckHandler:
+            self.checks[name] = handler
+            return handler
+
+        return register

@@ -1,0 +1,318 @@
+"""Running steps: from where a conversation stands to the next point where it waits or ends.
+
+A turn is bounded (`max_steps_per_turn`): the loader already refuses loops without a
+waiting step, and this guard makes sure a mistake can never spin a worker. Every
+change a step makes (tags, stage, marketing consent) is written in the turn's
+transaction; what the customer should see is collected as effects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.events import Effect, InboundEvent, LinkCard, MenuItem, MiniProgramCard, Note, Reply
+from crm_store import lifecycle as stages
+from crm_store import tags
+from crm_store.models import Customer, utcnow
+from flows.answers import answer_to
+from flows.hooks import HookCall, Hooks
+from flows.model import (
+    END,
+    Action,
+    Ask,
+    Branch,
+    Call,
+    Condition,
+    End,
+    Flow,
+    FlowSet,
+    Goto,
+    Handoff,
+    Marketing,
+    MenuChoice,
+    Say,
+    SetStage,
+    Step,
+    TagStep,
+    Template,
+    Wait,
+)
+from flows.templates import render
+
+if TYPE_CHECKING:
+    from nlu.intent import Intent
+
+log = logging.getLogger("scrm.flows")
+
+HANDOFF_MESSAGE = "好的，正在为您转接人工客服，请稍候。"
+
+
+@dataclass
+class Turn:
+    """One event being handled: who, what was understood, and what the turn produced."""
+
+    session: AsyncSession
+    event: InboundEvent
+    customer: Customer
+    intent: Intent | None
+    lifecycle: stages.Lifecycle
+    effects: list[Effect] = field(default_factory=list)
+    signals: list[tuple[str, str]] = field(default_factory=list)  # ("tag", name) / ("stage", id)
+
+    def reply(self, text: str, menu: tuple[MenuChoice, ...] = ()) -> None:
+        if text or menu:
+            self.effects.append(Reply(text, tuple(MenuItem(c.id, c.text) for c in menu)))
+
+    def note(self, kind: str, **data: Any) -> None:
+        self.effects.append(Note(kind, data))
+
+
+@dataclass
+class Position:
+    """Where a conversation is: flow, step, slots, and the sub-flows to return to."""
+
+    flows: FlowSet
+    release_id: int
+    flow: Flow
+    step_id: str
+    slots: dict[str, str] = field(default_factory=dict)
+    stack: list[dict[str, str]] = field(default_factory=list)
+    retries: int = 0
+    visited: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why the turn stopped: waiting at a step (until `wake_at` at the latest) or ended."""
+
+    ended: bool
+    reason: str = ""
+    wake_at: datetime | None = None
+
+
+class Runner:
+    def __init__(self, hooks: Hooks, max_steps: int) -> None:
+        self.hooks = hooks
+        self.max_steps = max_steps
+
+    # ------------------------------------------------------------ moving on
+
+    async def advance(self, pos: Position, turn: Turn) -> Stop:
+        """Run steps from `pos.step_id` (just arrived at) until one waits or the flow ends."""
+        for _ in range(self.max_steps):
+            if pos.step_id == END:
+                if not pos.stack:
+                    return Stop(True, "completed")
+                frame = pos.stack.pop()
+                pos.flow, pos.step_id = pos.flows.flows[frame["flow"]], frame["step"]
+                continue
+            step = pos.flow.step(pos.step_id)
+            pos.visited.append(f"{pos.flow.id}.{step.id}")
+            outcome = await self._arrive(step, pos, turn)
+            if isinstance(outcome, Stop):
+                return outcome
+            pos.step_id, pos.retries = outcome, 0
+        log.error("flows.loop_guard flow=%s step=%s customer=%s", pos.flow.id, pos.step_id, turn.customer.id)
+        turn.note("flow.loop_guard", flow=pos.flow.id, step=pos.step_id)
+        return Stop(True, "loop_guard")
+
+    async def resume(self, pos: Position, turn: Turn) -> Stop | None:
+        """The customer answered the waiting step; None when the message is not for this flow."""
+        step = pos.flow.step(pos.step_id)
+        if isinstance(step, Wait):
+            if not step.reply:
+                return None
+            pos.step_id = step.on_reply or step.next
+            return await self.advance(pos, turn)
+        if isinstance(step, Say):  # a menu with destinations: only a choice continues here
+            chosen = answer_to(Ask(id=step.id, expect="choice", choices=step.menu), turn.event.text,
+                               turn.event.menu_id, "", 0.0)
+            if chosen is None:
+                return None
+            pos.step_id = chosen.goto or step.next
+            return await self.advance(pos, turn)
+        assert isinstance(step, Ask)
+        return await self._answer(step, pos, turn)
+
+    def takes_answer(self, pos: Position, turn: Turn) -> bool:
+        """Would the waiting step accept this message as a typed answer (a choice, a phone number…)?"""
+        step = pos.flow.step(pos.step_id)
+        if isinstance(step, Say):
+            step = Ask(id=step.id, expect="choice", choices=step.menu)
+        if not isinstance(step, Ask) or step.expect == "text":
+            return isinstance(step, Wait) and step.reply
+        intent = turn.intent
+        return answer_to(step, turn.event.text, turn.event.menu_id, intent.name if intent else "",
+                         intent.confidence if intent else 0.0) is not None
+
+    async def wake(self, pos: Position, turn: Turn) -> Stop:
+        """The waiting step's own timer fired (it is due before the flow's inactivity timeout), or that did."""
+        step = pos.flow.step(pos.step_id)
+        own_timer = _own_timer(step)
+        if not own_timer or own_timer > pos.flow.timeout_s:
+            return Stop(True, "timeout")
+        pos.step_id = step.on_timeout if isinstance(step, Ask) else step.next
+        pos.visited.append(f"{pos.flow.id}.{step.id}:timer")
+        return await self.advance(pos, turn)
+
+    def wake_at(self, step: Step, flow: Flow) -> datetime:
+        own = _own_timer(step)
+        seconds = min(own, flow.timeout_s) if own else flow.timeout_s
+        return utcnow() + timedelta(seconds=seconds)
+
+    # ------------------------------------------------------------ steps
+
+    async def _arrive(self, step: Step, pos: Position, turn: Turn) -> str | Stop:
+        """Execute `step`; the id of the step to go to, or a Stop."""
+        if isinstance(step, Say):
+            return self._say(step, pos, turn)
+        if isinstance(step, Ask):
+            turn.reply(self._render(step.prompt, pos, turn), step.choices)
+            return Stop(False, wake_at=self.wake_at(step, pos.flow))
+        if isinstance(step, Branch):
+            for case in step.cases:
+                if await self._holds(case.when, pos, turn):
+                    return case.goto
+            return step.otherwise
+        if isinstance(step, TagStep):
+            await self._tag(step, pos, turn)
+            return step.next
+        if isinstance(step, SetStage):
+            await self._set_stage(step, pos, turn)
+            return step.next
+        if isinstance(step, Goto):
+            if step.flow:
+                pos.flow = pos.flows.flows[step.flow]
+                return pos.flow.first_step
+            return step.step
+        if isinstance(step, Call):
+            pos.stack.append({"flow": pos.flow.id, "step": step.next})
+            pos.flow = pos.flows.flows[step.flow]
+            return pos.flow.first_step
+        if isinstance(step, Wait):
+            return Stop(False, wake_at=self.wake_at(step, pos.flow))
+        if isinstance(step, Handoff):
+            turn.reply(self._render(step.message, pos, turn) or HANDOFF_MESSAGE)
+            turn.note("handoff.requested", reason=step.reason, flow=pos.flow.id, step=step.id)
+            return Stop(True, "handoff")
+        if isinstance(step, Marketing):
+            turn.customer.marketing_opt_out = not step.subscribe
+            turn.note("marketing.resumed" if step.subscribe else "marketing.stopped", flow=pos.flow.id)
+            return step.next
+        if isinstance(step, Action):
+            return await self._action(step, pos, turn)
+        assert isinstance(step, End), step
+        turn.reply(self._render(step.message, pos, turn))
+        pos.stack.clear()
+        return Stop(True, "end")
+
+    def _say(self, step: Say, pos: Position, turn: Turn) -> str | Stop:
+        turn.reply(self._render(step.text, pos, turn), step.menu)
+        for link in step.links:
+            turn.effects.append(Reply(link.title, link=LinkCard(link.title, link.url, link.desc)))
+        if step.miniprogram is not None:
+            card = step.miniprogram
+            turn.effects.append(
+                Reply(card.title, miniprogram=MiniProgramCard(card.appid, card.pagepath, card.title,
+                                                              card.thumb_media_id))
+            )
+        if any(choice.goto for choice in step.menu):
+            return Stop(False, wake_at=self.wake_at(step, pos.flow))
+        return step.next
+
+    async def _answer(self, step: Ask, pos: Position, turn: Turn) -> Stop:
+        intent = turn.intent
+        answer = answer_to(step, turn.event.text, turn.event.menu_id, intent.name if intent else "",
+                           intent.confidence if intent else 0.0)
+        if answer is not None:
+            if step.slot:
+                entity = intent.entity(step.slot) if intent and step.expect == "text" else None
+                pos.slots[step.slot] = entity or answer.value  # "连衣裙多少钱" answers "连衣裙"
+            pos.step_id, pos.retries = answer.goto or step.next, 0
+            return await self.advance(pos, turn)
+        pos.retries += 1
+        pos.visited.append(f"{pos.flow.id}.{step.id}:retry{pos.retries}")
+        if pos.retries > step.retries:
+            turn.note("flow.ask_failed", flow=pos.flow.id, step=step.id, expect=step.expect)
+            pos.step_id, pos.retries = step.on_fail, 0
+            return await self.advance(pos, turn)
+        turn.reply(self._render(step.reprompt if step.reprompt.source else step.prompt, pos, turn), step.choices)
+        return Stop(False, wake_at=self.wake_at(step, pos.flow))
+
+    async def _holds(self, when: Condition, pos: Position, turn: Turn) -> bool:
+        customer_id = turn.customer.id
+        if when.intent and (turn.intent is None or turn.intent.name not in when.intent):
+            return False
+        if when.slot:
+            value = pos.slots.get(when.slot)
+            if value is None or (when.equals is not None and value != when.equals):
+                return False
+        if when.tag and not await tags.has_tag(turn.session, customer_id, when.tag):
+            return False
+        if when.not_tag and await tags.has_tag(turn.session, customer_id, when.not_tag):
+            return False
+        if when.stage and turn.customer.stage not in when.stage:
+            return False
+        if when.check:
+            check = self.hooks.checks.get(when.check)
+            if check is None:
+                log.warning("flows.check_unavailable check=%s flow=%s", when.check, pos.flow.id)
+                return False
+            return await check(self._hook_call(pos, turn, {}))
+        return True
+
+    async def _tag(self, step: TagStep, pos: Position, turn: Turn) -> None:
+        cause = f"flow:{pos.flow.id}.{step.id}"
+        added = await tags.add_tags(turn.session, turn.customer, step.add, cause) if step.add else []
+        if step.remove:
+            await tags.remove_tags(turn.session, turn.customer, step.remove, cause)
+        turn.signals.extend(("tag", name) for name in added)
+
+    async def _set_stage(self, step: SetStage, pos: Position, turn: Turn) -> None:
+        reason = f"flow:{pos.flow.id}.{step.id}"
+        try:
+            if await stages.set_stage(turn.session, turn.customer, step.stage, reason, turn.lifecycle):
+                turn.signals.append(("stage", step.stage))
+        except stages.StageNotAllowed as exc:
+            turn.note("stage.refused", stage=step.stage, reason=str(exc), flow=pos.flow.id, step=step.id)
+
+    async def _action(self, step: Action, pos: Position, turn: Turn) -> str:
+        handler = self.hooks.actions.get(step.name)
+        if handler is None:
+            log.warning("flows.action_unavailable action=%s flow=%s", step.name, pos.flow.id)
+            turn.note("action.unavailable", action=step.name, flow=pos.flow.id, step=step.id)
+            return step.next
+        result = await handler(self._hook_call(pos, turn, step.params))
+        pos.slots.update({key: str(value) for key, value in result.slots.items()})
+        for text in result.replies:
+            turn.reply(text)
+        return result.goto or step.next
+
+    def _hook_call(self, pos: Position, turn: Turn, params: dict[str, Any]) -> HookCall:
+        return HookCall(turn.session, turn.customer, turn.event, dict(pos.slots), params)
+
+    def _render(self, template: Template, pos: Position, turn: Turn) -> str:
+        if not template.source:
+            return ""
+        customer = turn.customer
+        values: dict[str, object] = {
+            "customer.name": customer.display_name,
+            "customer.id": customer.id,
+            "customer.stage": customer.stage,
+            "customer.stage_label": turn.lifecycle.label(customer.stage),
+            "event.code": turn.event.scene,
+            "intent.name": turn.intent.name if turn.intent else "",
+        }
+        values.update({f"slots.{name}": value for name, value in pos.slots.items()})
+        return render(template, values)
+
+
+def _own_timer(step: Step) -> float:
+    if isinstance(step, Wait):
+        return step.seconds
+    return step.timeout_s if isinstance(step, Ask) else 0.0
