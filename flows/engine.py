@@ -28,7 +28,7 @@ from flows.hooks import Hooks
 from flows.matching import Match, match_event, match_message, match_signal
 from flows.model import Flow, FlowSet
 from flows.releases import ReleaseCache
-from flows.runner import Position, Runner, Stop, Turn
+from flows.runner import Position, Runner, Stop, Turn, own_timer
 from flows.settings import FlowSettings
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class FlowEngine:
         if conversation is not None:
             pinned = await self.releases.get(turn.session, conversation.release_id)
             running = pinned.flows[conversation.flow_id]
-            if self._expired(conversation, running):
+            if self._expired(conversation, running):  # past its inactivity timeout, not yet woken
                 self._end(turn, conversation, "timeout")
                 conversation = None
         if conversation is not None:
@@ -212,7 +212,9 @@ class FlowEngine:
 
     @staticmethod
     def _expired(conversation: Conversation, running: Flow) -> bool:
-        """Past the flow's inactivity timeout but not yet ended by the waker (it runs every few seconds)."""
+        """Idle past the flow's timeout at a step with no timer of its own (the waker runs every few seconds)."""
+        if own_timer(running.step(conversation.step_id)):
+            return False
         return (utcnow() - as_utc(conversation.updated_at)).total_seconds() >= running.timeout_s
 
     def _end(self, turn: Turn, conversation: Conversation, reason: str) -> None:

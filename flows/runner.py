@@ -151,19 +151,17 @@ class Runner:
                          intent.confidence if intent else 0.0) is not None
 
     async def wake(self, pos: Position, turn: Turn) -> Stop:
-        """The waiting step's own timer fired (it is due before the flow's inactivity timeout), or that did."""
+        """The waiting step's own timer fired (a wait, an ask's timeout), or the flow's inactivity timeout."""
         step = pos.flow.step(pos.step_id)
-        own_timer = _own_timer(step)
-        if not own_timer or own_timer > pos.flow.timeout_s:
+        if not own_timer(step):
             return Stop(True, "timeout")
         pos.step_id = step.on_timeout if isinstance(step, Ask) else step.next
         pos.visited.append(f"{pos.flow.id}.{step.id}:timer")
         return await self.advance(pos, turn)
 
     def wake_at(self, step: Step, flow: Flow) -> datetime:
-        own = _own_timer(step)
-        seconds = min(own, flow.timeout_s) if own else flow.timeout_s
-        return utcnow() + timedelta(seconds=seconds)
+        """A step's own timer replaces the flow's inactivity timeout: waiting is what the admin asked for."""
+        return utcnow() + timedelta(seconds=own_timer(step) or flow.timeout_s)
 
     # ------------------------------------------------------------ steps
 
@@ -312,7 +310,7 @@ class Runner:
         return render(template, values)
 
 
-def _own_timer(step: Step) -> float:
+def own_timer(step: Step) -> float:
     if isinstance(step, Wait):
         return step.seconds
     return step.timeout_s if isinstance(step, Ask) else 0.0

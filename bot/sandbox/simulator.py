@@ -54,6 +54,10 @@ class Simulator:
         xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "subscribe", f"qrscene_{scene}" if scene else "")
         return await self._post_oa(bot_url, xml)
 
+    async def oa_unsubscribes(self, bot_url: str, openid: str) -> int:
+        xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "unsubscribe")
+        return await self._post_oa(bot_url, xml)
+
     async def _kf_notify(self, bot_url: str) -> int:
         keys = self.settings.wecom.kf
         xml = wechat_side.kf_notification_xml(self.settings.wecom.corp_id, SANDBOX_KF_ACCOUNT, secrets.token_hex(8))
