@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser bench bench-nlu nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser bench bench-nlu bench-flows nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
@@ -34,6 +34,9 @@ bench: install  ## ingest benchmark: callbacks/s and ack latency against a bare 
 bench-nlu: install rasa  ## NLU client vs raw Rasa: throughput, latency, fallback when Rasa stops
 	$(BIN)/python bench/nlu.py
 
+bench-flows: install rasa  ## conversations end to end (callback -> reply) with Rasa NLU on PostgreSQL, against a plain Rasa assistant
+	$(BIN)/python bench/flows.py
+
 nlu-train: install rasa  ## train the intent model if its data or config changed
 	$(BIN)/scrm nlu train
 
@@ -43,7 +46,7 @@ nlu-test: install rasa  ## held-out accuracy, then 5-fold cross-validation (abou
 lint: install  ## ruff and mypy
 	$(BIN)/python -m pip install --quiet -e '.[lint]' 2> >(grep -v "^WARNING: Location" >&2)
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m mypy bot crm_store admin_cli --ignore-missing-imports
+	$(BIN)/python -m mypy bot crm_store flows admin_cli --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) .venv-rasa var nlu/models

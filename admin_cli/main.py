@@ -58,9 +58,16 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
-from admin_cli import ops_commands, serve_command  # noqa: E402  (each module adds its commands to `cli`)
+from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
+    customer_commands,
+    flow_commands,
+    ops_commands,
+    serve_command,
+)
 from admin_cli.nlu_commands import nlu_group  # noqa: E402
 
 cli.add_command(nlu_group, "nlu")
 
-__all__ = ["cli", "echo_json", "settings_of", "ops_commands", "serve_command"]
+__all__ = [
+    "cli", "echo_json", "settings_of", "customer_commands", "flow_commands", "ops_commands", "serve_command"
+]

@@ -21,8 +21,8 @@ from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner
 from bot.sender import OutboxSender
 from bot.settings import Settings
-from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
 from bot.waker import Waker
+from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
 from bot.worker import InboxWorker
 from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import Lifecycle

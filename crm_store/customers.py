@@ -113,11 +113,11 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
     `absorb` points at `keep` from now on. Tags both carry stay once; absorb's running
     conversation ends (keep's, if any, is the one that goes on).
     """
-    for model in (CustomerTag, IntentCount):
+    for keyed in (CustomerTag, IntentCount):
         await session.execute(
-            delete(model).where(
-                model.customer_id == absorb.id,
-                _duplicate_key(model).in_(select(_duplicate_key(model)).where(model.customer_id == keep.id)),
+            delete(keyed).where(
+                keyed.customer_id == absorb.id,
+                _duplicate_key(keyed).in_(select(_duplicate_key(keyed)).where(keyed.customer_id == keep.id)),
             )
         )
     await session.execute(

@@ -171,6 +171,7 @@ def build_flow(file: str, tree: Node, lifecycle: LifecycleSettings) -> Draft:
         priority=_value(tree.get("priority"), 50),
         interruptible=_value(tree.get("interruptible"), True),
         timeout_s=_seconds(tree.get("timeout"), 1800.0),
+        slots=draft.declared_slots,
         source_path=file,
     )
     return draft

@@ -37,6 +37,7 @@ from flows.model import (
 )
 
 START, STOP = "start", "stop"  # node ids besides "s<i>" (steps) and "f_<flow>" (other flows)
+FLOW = "flow:"  # a target in another flow (step ids cannot hold a colon)
 LABEL_CHARS = 24
 
 
@@ -95,18 +96,19 @@ def edges(flow: Flow) -> list[Edge]:
     found = [Edge(START, node[flow.first_step])]
     for step in flow.steps:
         for target, label in step_targets(step):
-            if target.startswith("f_"):
-                found.append(Edge(node[step.id], target, label, dashed=True))
+            if target.startswith(FLOW):
+                found.append(Edge(node[step.id], f"f_{target[len(FLOW):]}", label, dashed=True))
             elif target in node:
                 found.append(Edge(node[step.id], node[target], label))
     return list(dict.fromkeys(found))
 
 
 def step_targets(step: Step) -> list[tuple[str, str]]:
+    """(where, when) for each way out of the step: a step id, END, or "flow:<id>" (a goto or a call)."""
     if isinstance(step, End | Handoff):
         return [(END, "")]
     if isinstance(step, Goto):
-        return [(step.step, "")] if step.step else [(f"f_{step.flow}", "goto")]
+        return [(step.step, "")] if step.step else [(FLOW + step.flow, "goto")]
     if isinstance(step, Branch):
         return [(case.goto, condition(case.when)) for case in step.cases] + [(step.otherwise, "else")]
     found = [(step.next, "")]
@@ -117,7 +119,7 @@ def step_targets(step: Step) -> list[tuple[str, str]]:
     if isinstance(step, Wait) and step.on_reply:
         found.append((step.on_reply, "reply"))
     if isinstance(step, Call):
-        found.append((f"f_{step.flow}", "call"))
+        found.append((FLOW + step.flow, "call"))
     return found
 
 

@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from flows.model import EventTrigger, Flow, FlowSet, IntentTrigger, StageTrigger, TagTrigger, TextTrigger, Trigger
+from flows.model import (
+    EventTrigger,
+    Flow,
+    FlowSet,
+    IntentTrigger,
+    StageTrigger,
+    TagTrigger,
+    TextTrigger,
+    Trigger,
+)
 from flows.patterns import compile_pattern
 from nlu.text import cache_form, clean
 

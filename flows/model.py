@@ -246,6 +246,7 @@ class Flow:
     priority: int = 50  # the higher, the stronger: a stronger trigger may interrupt a running flow
     interruptible: bool = True
     timeout_s: float = 1800.0  # inactivity after which the conversation ends
+    slots: tuple[str, ...] = ()  # filled from the NLU's entities when the flow starts
     source_path: str = ""
 
     @property
