@@ -18,3 +18,6 @@ OUTBOX_BACKLOG = Gauge("scrm_outbox_backlog", "Outbox items waiting or in progre
 OUTBOX_FAILED = Gauge("scrm_outbox_failed", "Outbox items that failed permanently")
 SENT = Counter("scrm_sent_total", "API calls delivered from the outbox", ["kind"])
 SEND_ERRORS = Counter("scrm_send_errors_total", "API errors while sending", ["kind", "errcode"])
+FLOWS_STARTED = Counter("scrm_flows_started_total", "Conversations started, by flow and trigger kind", ["flow", "trigger"])
+FLOWS_ENDED = Counter("scrm_flows_ended_total", "Conversations ended, by flow and reason", ["flow", "reason"])
+CONVERSATIONS_WOKEN = Counter("scrm_conversations_woken_total", "Waiting conversations woken by their timer")

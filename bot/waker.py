@@ -14,6 +14,7 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot import metrics
 from bot.events import InboundEvent
 from bot.worker import write_effects
 from crm_store.conversations import claim_due
@@ -58,6 +59,7 @@ class Waker:
                 for conversation in due:
                     await self._wake(session, conversation)
             woken += len(due)
+            metrics.CONVERSATIONS_WOKEN.inc(len(due))
             if due:
                 self.on_outbox()
             if len(due) < WAKE_BATCH:

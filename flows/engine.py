@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from bot import metrics
 from bot.conversation import TurnContext
 from bot.events import Effect, InboundEvent
 from bot.responder import BuiltinResponder
@@ -113,8 +114,9 @@ class FlowEngine:
     async def _start(self, turn: Turn, match: Match, release_id: int, flows: FlowSet) -> None:
         flow = match.flow
         pos = Position(flows, release_id, flow, flow.first_step, slots=self._entity_slots(flow, turn))
-        turn.note("flow.started", flow=flow.id, version=self._version(flows, flow.id, release_id),
-                  trigger=match.describe())
+        trigger = match.describe()
+        turn.note("flow.started", flow=flow.id, version=self._version(flows, flow.id, release_id), trigger=trigger)
+        metrics.FLOWS_STARTED.labels(flow.id, trigger.split(":")[0]).inc()
         stop = await self.runner.advance(pos, turn)
         conversation = Conversation(
             customer_id=turn.customer.id,
@@ -219,6 +221,7 @@ class FlowEngine:
 
     def _end(self, turn: Turn, conversation: Conversation, reason: str) -> None:
         end_conversation(conversation, reason)
+        metrics.FLOWS_ENDED.labels(conversation.flow_id, reason.split(":")[0]).inc()
         turn.note("flow.ended", flow=conversation.flow_id, step=conversation.step_id, reason=reason)
 
     def _position(self, conversation: Conversation, flows: FlowSet) -> Position:
@@ -247,6 +250,7 @@ class FlowEngine:
         turn.note("flow.turn", flow=pos.flow.id, steps=pos.visited, outcome=outcome)
         if stop.ended:
             end_conversation(conversation, stop.reason)
+            metrics.FLOWS_ENDED.labels(pos.flow.id, stop.reason).inc()
         else:
             conversation.wake_at = stop.wake_at
         await turn.session.flush()

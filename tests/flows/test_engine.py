@@ -277,3 +277,10 @@ async def test_an_unknown_message_with_no_fallback_flow_gets_no_reply_and_no_err
 async def test_kf_account_of_the_reply_is_the_one_the_customer_wrote_to(bot: Bot) -> None:
     await say(bot, "wmAcct", "多少钱")
     assert bot.replies_to("wmAcct")[0].body["open_kfid"] == SANDBOX_KF_ACCOUNT
+
+
+async def test_interrupts_can_be_turned_off(start_bot) -> None:  # type: ignore[no-untyped-def]
+    bot = await start_bot(flows={"interrupt": "never"})
+    await say(bot, "wmStay", "查订单")
+    [reprompt] = await say(bot, "wmStay", "我要投诉")  # the running flow keeps the message
+    assert reprompt.startswith("手机号好像不太对")
