@@ -63,11 +63,13 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     flow_commands,
     ops_commands,
     serve_command,
+    try_command,
 )
 from admin_cli.nlu_commands import nlu_group  # noqa: E402
 
 cli.add_command(nlu_group, "nlu")
 
 __all__ = [
-    "cli", "echo_json", "settings_of", "customer_commands", "flow_commands", "ops_commands", "serve_command"
+    "cli", "echo_json", "settings_of", "customer_commands", "flow_commands", "ops_commands", "serve_command",
+    "try_command",
 ]

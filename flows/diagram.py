@@ -221,7 +221,8 @@ def svg(flow: Flow) -> str:
     for node in labels:
         rows.setdefault(layer[node], []).append(node)
     widest = max(len(row) for row in rows.values())
-    width = widest * (WIDTH + H_GAP) - H_GAP + 2 * MARGIN + 40 + 16 * len(back)
+    right = MARGIN + widest * (WIDTH + H_GAP) - H_GAP  # back edges curve round the right of every box
+    width = right + MARGIN + (20 + 16 * min(len(back), 4) + 50 if back else 0)  # room for the curves' labels
     height = (max(rows) + 1) * (HEIGHT + V_GAP) - V_GAP + 2 * MARGIN
     box: dict[str, tuple[float, float]] = {}  # node -> top-left corner
     for level, row in rows.items():
@@ -235,7 +236,7 @@ def svg(flow: Flow) -> str:
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>']
     for n, edge in enumerate(links):
-        out.append(_arrow(edge, box[edge.source], box[edge.target], edge in back, n))
+        out.append(_arrow(edge, box[edge.source], box[edge.target], right + 20 + 16 * (n % 4) if edge in back else 0))
     for node, (title, label) in labels.items():
         x, y = box[node]
         fill = FILL.get(_kind(flow, node), "#f7f7f7")
@@ -252,14 +253,14 @@ def svg(flow: Flow) -> str:
     return "\n".join(out + ["</svg>"]) + "\n"
 
 
-def _arrow(edge: Edge, source: tuple[float, float], target: tuple[float, float], back: bool, n: int) -> str:
-    """A straight arrow downwards, or a curve on the right side for a back edge; with its label."""
+def _arrow(edge: Edge, source: tuple[float, float], target: tuple[float, float], bulge: float) -> str:
+    """A straight arrow downwards, or for a back edge a curve out to x=`bulge`; with its label."""
     style = ' stroke-dasharray="5 4"' if edge.dashed else ""
-    if back:
+    if bulge:
         x1, y1, x2, y2 = source[0] + WIDTH, source[1] + HEIGHT / 2, target[0] + WIDTH, target[1] + HEIGHT / 2
-        bulge = max(x1, x2) + 30 + 16 * (n % 4)
-        path = f"M{x1:.0f},{y1:.0f} C{bulge:.0f},{y1:.0f} {bulge:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"
-        mid = ((x1 + x2) / 2 + (bulge - (x1 + x2) / 2) * 0.75, (y1 + y2) / 2)
+        control = (bulge - (x1 + x2) / 8) / 0.75  # the curve's midpoint is then at x=bulge
+        path = f"M{x1:.0f},{y1:.0f} C{control:.0f},{y1:.0f} {control:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"
+        mid = (bulge, (y1 + y2) / 2)
     else:
         x1, y1, x2, y2 = source[0] + WIDTH / 2, source[1] + HEIGHT, target[0] + WIDTH / 2, target[1]
         path = f"M{x1:.0f},{y1:.0f} L{x2:.0f},{y2:.0f}"

@@ -60,7 +60,11 @@ async def get_release(session: AsyncSession, release_id: int | None = None) -> F
 async def publish(
     session: AsyncSession, flows: FlowSet, note: str = "", by: str = "", allow_unchanged: bool = False
 ) -> Published:
-    """Write `flows` (already validated by the loader) as the new current release."""
+    """Write `flows` (already validated by the loader) as the new current release.
+
+    A flow's version goes up when its text is new; text it had before keeps its old
+    version number, so a rollback reads as "coupon back to v1", not "coupon v3".
+    """
     current_id = await current_release_id(session)
     current = await session.get(FlowRelease, current_id) if current_id is not None else None
     if current is not None and current.sources == flows.sources and not allow_unchanged:
@@ -71,14 +75,17 @@ async def publish(
     versions: dict[str, int] = {}
     changed: list[str] = []
     for flow_id, flow in sorted(flows.flows.items()):
-        latest = await session.scalar(
-            select(FlowVersion).where(FlowVersion.flow_id == flow_id).order_by(FlowVersion.version.desc()).limit(1)
-        )
         text_digest = digest(flows.sources[flow.source_path])
-        if latest is not None and latest.digest == text_digest:
-            versions[flow_id] = latest.version
+        same_text = await session.scalar(
+            select(FlowVersion.version).where(FlowVersion.flow_id == flow_id, FlowVersion.digest == text_digest)
+        )
+        if same_text is not None:  # unchanged, or back to an earlier text (a rollback): same version
+            versions[flow_id] = same_text
+            if current is None or current.versions.get(flow_id) != same_text:
+                changed.append(flow_id)
             continue
-        version = latest.version + 1 if latest else 1
+        latest = await session.scalar(select(func.max(FlowVersion.version)).where(FlowVersion.flow_id == flow_id))
+        version = (latest or 0) + 1
         session.add(FlowVersion(flow_id=flow_id, version=version, digest=text_digest, release_id=release.id))
         versions[flow_id] = version
         changed.append(flow_id)
