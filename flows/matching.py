@@ -42,7 +42,7 @@ class Match:
     def describe(self) -> str:
         trigger = self.trigger
         if trigger is None:
-            return "menu"
+            return "menu" if self.certainty >= CERTAIN else "fallback"
         if isinstance(trigger, IntentTrigger):
             return f"intent:{trigger.intent}"
         if isinstance(trigger, TextTrigger):
