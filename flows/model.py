@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.events import LinkCard, MiniProgramCard
+
 END = ""  # `next` of the last step: the flow (or sub-flow) is finished
 
 # Events a flow can start on (InboundEvent.kind, plus the synthetic `timer`).
@@ -101,19 +103,9 @@ class MenuChoice:
     goto: str = ""
 
 
-@dataclass(frozen=True)
-class Link:
-    title: str
-    url: str
-    desc: str = ""
-
-
-@dataclass(frozen=True)
-class MiniProgram:
-    appid: str
-    pagepath: str
-    title: str
-    thumb_media_id: str = ""
+# Cards are what the channels send: the flow model uses the same types.
+Link = LinkCard
+MiniProgram = MiniProgramCard
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.events import Effect, InboundEvent, LinkCard, MenuItem, MiniProgramCard, Note, Reply
+from bot.events import Effect, InboundEvent, MenuItem, Note, Reply
 from crm_store import lifecycle as stages
 from crm_store import tags
 from crm_store.models import Customer, utcnow
@@ -212,13 +212,9 @@ class Runner:
     def _say(self, step: Say, pos: Position, turn: Turn) -> str | Stop:
         turn.reply(self._render(step.text, pos, turn), step.menu)
         for link in step.links:
-            turn.effects.append(Reply(link.title, link=LinkCard(link.title, link.url, link.desc)))
+            turn.effects.append(Reply(link.title, link=link))
         if step.miniprogram is not None:
-            card = step.miniprogram
-            turn.effects.append(
-                Reply(card.title, miniprogram=MiniProgramCard(card.appid, card.pagepath, card.title,
-                                                              card.thumb_media_id))
-            )
+            turn.effects.append(Reply(step.miniprogram.title, miniprogram=step.miniprogram))
         if any(choice.goto for choice in step.menu):
             return Stop(False, wake_at=self.wake_at(step, pos.flow))
         return step.next
