@@ -15,7 +15,8 @@ import click
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.flow_commands import in_store, json_option, published, table, when
+from admin_cli.common import in_store, json_option, table, when
+from admin_cli.flow_commands import published
 from admin_cli.main import cli, echo_json, settings_of
 from crm_store.customer_queries import CustomerCard, customer_card, find_customers
 from crm_store.lifecycle import Lifecycle, StageNotAllowed, funnel, set_stage

@@ -115,7 +115,7 @@ class FlowEngine:
         flow = match.flow
         pos = Position(flows, release_id, flow, flow.first_step, slots=self._entity_slots(flow, turn))
         trigger = match.describe()
-        turn.note("flow.started", flow=flow.id, version=self._version(flows, flow.id, release_id), trigger=trigger)
+        turn.note("flow.started", flow=flow.id, version=self._version(flow.id, release_id), trigger=trigger)
         metrics.FLOWS_STARTED.labels(flow.id, trigger.split(":")[0]).inc()
         stop = await self.runner.advance(pos, turn)
         conversation = Conversation(
@@ -237,7 +237,7 @@ class FlowEngine:
 
     async def _save(self, turn: Turn, conversation: Conversation, pos: Position, stop: Stop) -> None:
         conversation.flow_id = pos.flow.id
-        conversation.flow_version = self._version(pos.flows, pos.flow.id, pos.release_id)
+        conversation.flow_version = self._version(pos.flow.id, pos.release_id)
         conversation.step_id = pos.step_id
         conversation.slots = dict(pos.slots)
         conversation.stack = list(pos.stack)
@@ -255,7 +255,7 @@ class FlowEngine:
             conversation.wake_at = stop.wake_at
         await turn.session.flush()
 
-    def _version(self, flows: FlowSet, flow_id: str, release_id: int) -> int:
+    def _version(self, flow_id: str, release_id: int) -> int:
         return int(self.releases.versions(release_id).get(flow_id, 0))
 
     def _entity_slots(self, flow: Flow, turn: Turn) -> dict[str, str]:
