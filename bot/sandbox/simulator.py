@@ -54,6 +54,17 @@ class Simulator:
         xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "subscribe", f"qrscene_{scene}" if scene else "")
         return await self._post_oa(bot_url, xml)
 
+    async def contact_adds(self, bot_url: str, user: str, rep: str, state: str = "") -> int:
+        """The customer adds `rep` as a WeCom contact (through a channel QR with `state`), with a WelcomeCode."""
+        keys = self.settings.wecom.contacts
+        corp_id = self.settings.wecom.corp_id
+        xml = wechat_side.contact_event_xml(corp_id, "add_external_contact", rep, user, state=state,
+                                            welcome_code=self.fake.issue_welcome_code(user))
+        signed = wechat_side.sign_wecom(
+            keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(), corp_id, xml
+        )
+        return await self._post(f"{bot_url}/wecom/contacts/callback", signed)
+
     async def oa_unsubscribes(self, bot_url: str, openid: str) -> int:
         xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "unsubscribe")
         return await self._post_oa(bot_url, xml)

@@ -93,13 +93,7 @@ async def test_menu_click_skips_nlu_and_answers(bot: Bot) -> None:
 
 async def test_contact_added_gets_welcome_and_profile(bot: Bot) -> None:
     bot.fake.contacts["wmContact"] = {"name": "王小姐", "unionid": "uCONTACT"}
-    code = bot.fake.issue_welcome_code("wmContact")
-    keys = bot.settings.wecom.contacts
-    xml = wechat_side.contact_event_xml(bot.settings.wecom.corp_id, "add_external_contact", "rep_li", "wmContact",
-                                        state="ch_spring", welcome_code=code)
-    signed = wechat_side.sign_wecom(keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(),
-                                    bot.settings.wecom.corp_id, xml)
-    assert (await bot.client.post("/wecom/contacts/callback", params=signed.query, data=signed.body)).status == 200
+    assert await bot.simulator.contact_adds(bot.url, "wmContact", "rep_li", state="ch_spring") == 200
     await bot.drain()
     [welcome] = bot.replies_to("wmContact")
     assert welcome.path == "externalcontact/send_welcome_msg" and "王小姐" in welcome.text

@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from bot.sandbox import wechat_side
 from bot.sandbox.simulator import SANDBOX_KF_ACCOUNT
 from crm_store.conversations import active_conversation
 from crm_store.models import Conversation, Customer, Identity, StageChange, TimelineEvent, utcnow
@@ -290,13 +289,7 @@ async def test_interrupts_can_be_turned_off(start_bot) -> None:  # type: ignore[
 async def test_a_new_contact_is_welcomed_owned_and_tagged_on_the_wecom_side(bot: Bot) -> None:
     bot.fake.contacts["wmFriend"] = {"name": "李先生", "unionid": "uFRIEND"}
     bot.fake.add_follow_user("wmFriend", "rep_li")
-    code = bot.fake.issue_welcome_code("wmFriend")
-    keys = bot.settings.wecom.contacts
-    xml = wechat_side.contact_event_xml(bot.settings.wecom.corp_id, "add_external_contact", "rep_li", "wmFriend",
-                                        welcome_code=code)
-    signed = wechat_side.sign_wecom(keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(),
-                                    bot.settings.wecom.corp_id, xml)
-    assert (await bot.client.post("/wecom/contacts/callback", params=signed.query, data=signed.body)).status == 200
+    assert await bot.simulator.contact_adds(bot.url, "wmFriend", "rep_li") == 200
     await bot.drain()
     [welcome] = bot.replies_to("wmFriend")
     assert welcome.path == "externalcontact/send_welcome_msg" and "李先生" in welcome.text
