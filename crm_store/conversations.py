@@ -41,13 +41,3 @@ def end_conversation(conversation: Conversation, reason: str) -> None:
     conversation.ended_at = utcnow()
     conversation.end_reason = reason[:64]
     conversation.wake_at = None
-
-
-async def recent_conversations(session: AsyncSession, customer_id: int, limit: int = 20) -> list[Conversation]:
-    rows = await session.scalars(
-        select(Conversation)
-        .where(Conversation.customer_id == customer_id)
-        .order_by(Conversation.id.desc())
-        .limit(limit)
-    )
-    return list(rows)

@@ -14,7 +14,6 @@ NFKC, visible characters only, case-folded, without spaces (`nlu.text.clean` and
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +69,3 @@ def compile_pattern(text: str) -> Pattern:
 def normalise(text: str) -> str:
     """The form keywords are stored in and messages are compared in."""
     return cache_form(clean(text, MAX_TEXT_CHARS))
-
-
-def has_keyword(keywords: Iterable[str], text: str) -> bool:
-    """True when any keyword (already normalised) occurs in the normalised text."""
-    normal = normalise(text)
-    return any(keyword and keyword in normal for keyword in keywords)
