@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from crm_store.growth_settings import GrowthSettings
 from flows.settings import FlowSettings, LifecycleSettings
 from nlu.settings import NluSettings
 
@@ -136,6 +137,7 @@ class Settings(BaseSettings):
     nlu: NluSettings = NluSettings()
     flows: FlowSettings = FlowSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    growth: GrowthSettings = GrowthSettings()
     worker: WorkerSettings = WorkerSettings()
     sandbox: SandboxSettings = SandboxSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -151,6 +153,13 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = os.environ.get("SCRM_CONFIG", str(DEFAULT_CONFIG))
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+
+    @model_validator(mode="after")
+    def _growth_stages_known(self) -> Settings:
+        unknown = self.growth.unknown_stages({stage.id for stage in self.lifecycle.stages})
+        if unknown:
+            raise ValueError(f"growth names unknown stage(s) {unknown}; the lifecycle defines them")
+        return self
 
     @model_validator(mode="after")
     def _no_sandbox_secrets_in_production(self) -> Settings:

@@ -14,6 +14,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.growth_merge import merge_growth
 from crm_store.models import (
     Conversation,
     Customer,
@@ -108,7 +109,8 @@ async def _attach_unionid(session: AsyncSession, customer: Customer, unionid: st
 
 
 async def merge_customers(session: AsyncSession, keep: Customer, absorb: Customer) -> None:
-    """Move identities, timeline, tags, stage history, conversations and pending messages to `keep`.
+    """Move identities, timeline, tags, stage history, conversations, pending messages and the growth
+    history (referrals, groups, rewards, social value: crm_store/growth_merge.py) to `keep`.
 
     `absorb` points at `keep` from now on. Tags both carry stay once; absorb's running
     conversation ends (keep's, if any, is the one that goes on).
@@ -133,7 +135,10 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
             .values(customer_id=keep.id)
             .execution_options(synchronize_session=False)
         )
+    await merge_growth(session, keep.id, absorb.id)
     absorb.merged_into_id = keep.id
+    if keep.entry_channel_id is None:
+        keep.entry_channel_id = absorb.entry_channel_id
     if not keep.display_name:
         keep.display_name = absorb.display_name
     await record(session, keep.id, "customer.merged", {"absorbed_customer_id": absorb.id})

@@ -54,6 +54,8 @@ class Customer(Base):
     stage_changed_at: Mapped[datetime | None]
     marketing_opt_out: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     owner_userid: Mapped[str | None] = mapped_column(String(64))  # the rep the customer added in WeCom
+    entry_channel_id: Mapped[int | None] = mapped_column(ForeignKey("entry_channels.id"))  # first touch
+    reach: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))  # last chat: channel…
 
     identities: Mapped[list[Identity]] = relationship(back_populates="customer")
 
@@ -264,3 +266,7 @@ class Conversation(Base):
         Index("ix_conversations_wake", "wake_at", **_partial(ACTIVE)),
         Index("ix_conversations_customer", "customer_id"),
     )
+
+
+# The growth tables reference customers and are referenced by them: one metadata.
+from crm_store import growth_models as _growth_models  # noqa: E402,F401
