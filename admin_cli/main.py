@@ -59,6 +59,7 @@ def echo_json(data: Any) -> None:
 
 
 from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
+    channel_commands,
     customer_commands,
     flow_commands,
     ops_commands,
@@ -70,6 +71,6 @@ from admin_cli.nlu_commands import nlu_group  # noqa: E402
 cli.add_command(nlu_group, "nlu")
 
 __all__ = [
-    "cli", "echo_json", "settings_of", "customer_commands", "flow_commands", "ops_commands", "serve_command",
-    "try_command",
+    "cli", "echo_json", "settings_of", "channel_commands", "customer_commands", "flow_commands", "ops_commands",
+    "serve_command", "try_command",
 ]

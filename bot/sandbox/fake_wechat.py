@@ -7,11 +7,15 @@ checks access tokens (42001 once expired, 40014 when unknown), rate-limits on de
 the bot sends so a test or the sandbox page can read them back. It keeps a corp tag
 library (`externalcontact/get_corp_tag_list`, `add_corp_tag`) and the tags each rep put
 on each contact (`mark_tag`), so a test can read a customer's tags on WeCom's side.
+Entry points: contact ways (`externalcontact/add_contact_way`, `update_contact_way`,
+`del_contact_way`, kept in `contact_ways` by config_id), kf links (`kf/add_contact_way`,
+kept in `kf_links`) and OA parametric QR codes (`qrcode/create`, kept in `qr_codes` by ticket).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -20,6 +24,9 @@ from typing import Any
 from aiohttp import web
 
 TOKEN_TTL_S = 7200
+CONTACT_WAY_MAX_USERS = 100
+KF_SCENE = re.compile(r"[0-9a-zA-Z_-]{0,32}")
+QR_ACTIONS = {"QR_SCENE", "QR_STR_SCENE", "QR_LIMIT_SCENE", "QR_LIMIT_STR_SCENE"}
 
 
 @dataclass
@@ -70,6 +77,9 @@ class FakeWeChat:
         self.corp_tag_groups: list[dict[str, Any]] = []  # as get_corp_tag_list answers them
         self.contact_tags: dict[tuple[str, str], set[str]] = {}  # (userid, external_userid) -> tag ids
         self.follow_users: dict[str, set[str]] = {}  # external_userid -> reps who added them, when known
+        self.contact_ways: dict[str, dict[str, Any]] = {}  # config_id -> the contact way as last set
+        self.kf_links: list[dict[str, Any]] = []  # kf/add_contact_way: open_kfid, scene, url
+        self.qr_codes: dict[str, dict[str, Any]] = {}  # ticket -> the qrcode/create body
         self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
         self._ids = itertools.count(1)
 
@@ -141,6 +151,10 @@ class FakeWeChat:
             "externalcontact/get_corp_tag_list": self.get_corp_tag_list,
             "externalcontact/add_corp_tag": self.add_corp_tag,
             "externalcontact/mark_tag": self.mark_tag,
+            "externalcontact/add_contact_way": self.add_contact_way,
+            "externalcontact/update_contact_way": self.update_contact_way,
+            "externalcontact/del_contact_way": self.del_contact_way,
+            "kf/add_contact_way": self.kf_add_contact_way,
             "message/custom/send": self.oa_custom_send,
             "qrcode/create": self.oa_qrcode_create,
             "user/info": self.oa_user_info,
@@ -301,16 +315,80 @@ class FakeWeChat:
         group["tag"].extend(created)
         return created
 
+    async def add_contact_way(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        """「联系我」: type 1 (one rep) or 2 (several), scene 1 (mini program) or 2 (QR), state ≤ 30 characters."""
+        if "type" not in body or "scene" not in body:
+            return _error(41037 if "type" not in body else 41038)
+        if body["type"] not in (1, 2):
+            return _error(41039)
+        if body["scene"] not in (1, 2):
+            return _error(41040)
+        users = body.get("user")
+        refusal = _contact_way_users(users, single=body["type"] == 1)
+        if refusal:
+            return _error(refusal)
+        if len(str(body.get("state") or "")) > 30 or len(str(body.get("remark") or "")) > 30:
+            return _error(40058)
+        config_id = secrets.token_hex(16)
+        qr_code = f"https://wework.qpic.cn/wwpic/{secrets.token_hex(8)}/0" if body["scene"] == 2 else ""
+        self.contact_ways[config_id] = {**body, "config_id": config_id, "user": list(users or []), "qr_code": qr_code}
+        return _ok(config_id=config_id, **({"qr_code": qr_code} if qr_code else {}))
+
+    async def update_contact_way(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        way = self._contact_way(body)
+        if isinstance(way, web.Response):
+            return way
+        if "user" in body:
+            refusal = _contact_way_users(body["user"], single=way["type"] == 1)
+            if refusal:
+                return _error(refusal)
+        if len(str(body.get("state", way.get("state", "")))) > 30:
+            return _error(40058)
+        way.update({key: value for key, value in body.items() if key != "config_id"})
+        return _ok()
+
+    async def del_contact_way(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        way = self._contact_way(body)
+        if isinstance(way, web.Response):
+            return way
+        del self.contact_ways[way["config_id"]]
+        return _ok()
+
+    def _contact_way(self, body: dict[str, Any]) -> dict[str, Any] | web.Response:
+        config_id = str(body.get("config_id") or "")
+        if not config_id:
+            return _error(41043)
+        return self.contact_ways.get(config_id) or _error(41044)
+
+    async def kf_add_contact_way(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        """A link to a kf account; `scene` ≤ 32 bytes of [0-9a-zA-Z_-]."""
+        open_kfid = str(body.get("open_kfid") or "")
+        if not open_kfid:
+            return _error(95000)
+        scene = str(body.get("scene") or "")
+        if not KF_SCENE.fullmatch(scene):
+            return _error(40058)
+        url = f"https://work.weixin.qq.com/kfid/{open_kfid}?enc_scene={secrets.token_urlsafe(9)}"
+        self.kf_links.append({"open_kfid": open_kfid, "scene": scene, "url": url})
+        return _ok(url=url)
+
     async def oa_custom_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         if not body.get("touser"):
             return _error(40003)
         return self._deliver("message/custom/send", body)
 
     async def oa_qrcode_create(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
+        """Temporary or permanent; the *_STR_SCENE kinds carry `scene_str` (1–64 characters), the others `scene_id`."""
+        action = str(body.get("action_name") or "")
         scene = (body.get("action_info") or {}).get("scene") or {}
-        if not scene:
+        if action not in QR_ACTIONS or not scene:
+            return _error(40053)
+        if action.endswith("STR_SCENE") and not 0 < len(str(scene.get("scene_str") or "")) <= 64:
+            return _error(40053)
+        if not action.endswith("STR_SCENE") and not isinstance(scene.get("scene_id"), int):
             return _error(40053)
         ticket = secrets.token_urlsafe(12)
+        self.qr_codes[ticket] = body
         return web.json_response(
             {"ticket": ticket, "expire_seconds": body.get("expire_seconds", 0), "url": f"http://weixin.qq.com/q/{ticket}"}
         )
@@ -337,6 +415,17 @@ class FakeWeChat:
         return _ok(msgid=msgid)
 
 
+def _contact_way_users(users: Any, single: bool) -> int:
+    """The errcode for a contact way's user list (0: fine): type 1 takes exactly one rep."""
+    if not isinstance(users, list) or not users:
+        return 40058
+    if any(not isinstance(user, str) or not 0 < len(user) <= 64 for user in users):
+        return 40003
+    if (single and len(users) != 1) or len(users) > CONTACT_WAY_MAX_USERS:
+        return 41041 if len(users) > CONTACT_WAY_MAX_USERS else 40058
+    return 0
+
+
 def _ok(**data: Any) -> web.Response:
     return web.json_response({"errcode": 0, "errmsg": "ok", **data})
 
@@ -352,11 +441,19 @@ ERRMSG = {
     40068: "invalid tagid",
     40071: "tag name already exists",
     40125: "invalid appsecret",
+    41037: "missing contact way type",
+    41038: "missing contact way scene",
+    41039: "invalid contact way type",
+    41040: "invalid contact way scene",
+    41041: "contact way user count exceeds the limit",
+    41043: "missing contact way config_id",
+    41044: "invalid contact way config_id",
     41051: "welcome code expired or used",
     42001: "access_token expired",
     45009: "reach max api daily quota limit",
     45015: "response out of time limit or subscription is canceled",
     84061: "not external contact",
+    95000: "invalid open_kfid",
     95018: "send msg code is invalid",
 }
 
