@@ -8,6 +8,7 @@ Account (`message/custom/send`), or a rep in the self-built app (`message/send`)
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,25 @@ def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0
             "duplicate_check_interval": 1800,
         },
     )
+
+
+# Customer actions after which kf and the OA let us write to the customer for 48 hours.
+REACHABLE_AFTER = frozenset({"message", "menu_click", "enter_session", "subscribe", "scan"})
+SERVICE_WINDOW_S = 48 * 3600
+
+
+def notify_call(reach: dict[str, Any], text: str, agent_id: int = 0, now: float | None = None
+                ) -> tuple[OutboundCall | None, str]:
+    """The call that tells a customer something unprompted, or None and why the platform won't allow it."""
+    channel = reach.get("channel", "")
+    if channel not in ("kf", "oa"):
+        return None, "no chat the bot may write to (a WeCom contact needs a rep's group message)"
+    age = (now if now is not None else time.time()) - float(reach.get("at", 0))
+    if age > SERVICE_WINDOW_S:
+        return None, f"the {channel} 48-hour service window closed {int((age - SERVICE_WINDOW_S) / 3600)} h ago"
+    event = InboundEvent(channel=channel, kind="message", dedup_key="", sender=str(reach.get("sender", "")),
+                         account=str(reach.get("account", "")))
+    return reply_call(event, Reply(text), first=False, agent_id=agent_id), ""
 
 
 def _kf_content(reply: Reply) -> dict[str, Any]:

@@ -112,4 +112,13 @@ class Note:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = Reply | Note
+@dataclass(frozen=True)
+class Notify:
+    """Tell another customer (a group's members, an inviter) on the channel they last chatted on."""
+
+    customer_id: int
+    text: str
+    reason: str = ""  # what the notification is about, for the timeline: group.filled, reward.granted…
+
+
+Effect = Reply | Note | Notify

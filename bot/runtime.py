@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation import Conversation
+from bot.growth_jobs import GrowthJobs
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner
@@ -29,7 +31,10 @@ from crm_store.lifecycle import Lifecycle
 from crm_store.models import InboxItem, OutboxItem
 from crm_store.shared_state import SharedState, open_shared_state
 from crm_store.work_queue import due_count
+from flows import growth_hooks
 from flows.engine import FlowEngine
+from flows.growth import Growth
+from flows.hooks import Hooks
 from flows.publishing import publish_if_unpublished
 from flows.releases import ReleaseCache
 from nlu.client import NluClient
@@ -52,8 +57,10 @@ class Runtime:
     worker: InboxWorker
     sender: OutboxSender
     waker: Waker | None = None  # when the flow engine is the conversation
+    growth_jobs: GrowthJobs | None = None  # likewise
     managed_rasa: ManagedRasa | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    scheduler: AsyncIOScheduler | None = None
 
     @classmethod
     async def open(
@@ -72,12 +79,17 @@ class Runtime:
         )
         await nlu.start()
         worker_settings = settings.worker
-        waker = None
+        waker = growth_jobs = None
         if conversation is None:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
-            flow_engine = FlowEngine(settings.flows, Lifecycle(settings.lifecycle), ReleaseCache(settings.lifecycle))
-            waker = Waker(sessions, flow_engine, settings.flows.wake_interval_s, settings.wecom.app.agent_id)
+            lifecycle = Lifecycle(settings.lifecycle)
+            growth = Growth(settings.growth, lifecycle)
+            hooks = growth_hooks.register(Hooks(), growth)
+            flow_engine = FlowEngine(settings.flows, lifecycle, ReleaseCache(settings.lifecycle), hooks)
+            agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
+            waker = Waker(sessions, flow_engine, interval_s, agent_id)
+            growth_jobs = GrowthJobs(sessions, growth, apis["wecom.contacts"], interval_s, agent_id)
             conversation = flow_engine
         puller = KfPuller(sessions, apis["wecom.kf"])
         worker = InboxWorker(
@@ -102,10 +114,11 @@ class Runtime:
         puller.on_new_events = inbox.wake
         worker.on_outbox = outbox.wake
         sender.on_rate_limited = outbox.pause
-        if waker is not None:
-            waker.on_outbox = outbox.wake
+        if waker is not None and growth_jobs is not None:
+            waker.on_outbox = growth_jobs.on_outbox = outbox.wake
         return cls(
-            settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, managed_rasa
+            settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, growth_jobs,
+            managed_rasa,
         )
 
     def start_background(self) -> None:
@@ -114,8 +127,11 @@ class Runtime:
             asyncio.create_task(self.inbox.run(), name="inbox-runner"),
             asyncio.create_task(self.outbox.run(), name="outbox-runner"),
         ]
-        if self.waker is not None:
-            self.waker.start()
+        if self.waker is not None and self.growth_jobs is not None:
+            self.scheduler = AsyncIOScheduler(timezone="UTC")  # the clock only: jobs read what is due from the store
+            self.waker.schedule(self.scheduler)
+            self.growth_jobs.schedule(self.scheduler)
+            self.scheduler.start()
 
     async def drain(self) -> None:
         """Process every due inbox item and send every due outbox item (tests, CLI)."""
@@ -128,8 +144,8 @@ class Runtime:
 
     async def close(self) -> None:
         timeout = self.settings.server.shutdown_timeout_s
-        if self.waker is not None:
-            self.waker.stop()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         await self.inbox.stop(timeout)
         await self.outbox.stop(timeout)
         for task in self.tasks:

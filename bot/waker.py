@@ -36,19 +36,12 @@ class Waker:
         self.interval_s = interval_s
         self.agent_id = agent_id
         self.on_outbox = lambda: None
-        self.scheduler: AsyncIOScheduler | None = None
 
-    def start(self) -> None:
-        self.scheduler = AsyncIOScheduler(timezone="UTC")
-        self.scheduler.add_job(
+    def schedule(self, scheduler: AsyncIOScheduler) -> None:
+        scheduler.add_job(
             self.wake_due, "interval", seconds=self.interval_s, id="wake-conversations",
             max_instances=1, coalesce=True, misfire_grace_time=None,
         )
-        self.scheduler.start()
-
-    def stop(self) -> None:
-        if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
 
     async def wake_due(self, now: datetime | None = None) -> int:
         """Wake every conversation due at `now` (default: the current time); how many were woken."""

@@ -9,6 +9,7 @@ the item to be claimed again; after it, the item is done: processed exactly once
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -17,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
 from bot.conversation import Conversation, TurnContext
-from bot.delivery import reply_call
-from bot.events import Effect, InboundEvent, Note, Reply
+from bot.delivery import REACHABLE_AFTER, notify_call, reply_call
+from bot.events import Effect, InboundEvent, Note, Notify, Reply
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from crm_store import work_queue
@@ -86,6 +87,7 @@ class InboxWorker:
         intent = await self.nlu.parse(event.text) if _needs_intent(event) else None
         async with self.sessions() as session, session.begin():
             customer = await resolve_customer(session, event.identity_kind, event.sender, profile)
+            remember_reach(customer, event)
             await record(session, customer.id, f"inbound.{event.kind}", _summary(event, intent))
             context = TurnContext(session=session, intent=intent, is_new_customer=not known)
             effects = await self.conversation.handle(event, customer, context)
@@ -136,15 +138,18 @@ async def write_effects(
     effects: Sequence[Effect],
     agent_id: int = 0,
 ) -> int:
-    """Timeline notes and outbox rows for a turn's effects; the number of replies queued.
+    """Timeline notes and outbox rows for a turn's effects; the number of messages queued.
 
     Outbox keys derive from `origin_key` (the inbox item, or a conversation's wake-up),
     so a turn that is run again after a crash cannot queue its replies twice.
     """
-    replies = 0
+    queued = replies = 0  # rows written / replies to this customer (the first may use a welcome code)
     for effect in effects:
         if isinstance(effect, Note):
             await record(session, customer.id, effect.kind, effect.data)
+            continue
+        if isinstance(effect, Notify):
+            queued += await write_notification(session, f"{origin_key}#{queued}", effect, agent_id)
             continue
         assert isinstance(effect, Reply)
         call = reply_call(event, effect, first=replies == 0, agent_id=agent_id)
@@ -153,7 +158,7 @@ async def write_effects(
             continue
         session.add(
             OutboxItem(
-                dedup_key=f"{origin_key}#{replies}",
+                dedup_key=f"{origin_key}#{queued}",
                 queue_key=f"customer:{customer.id}",
                 kind=call.kind,
                 payload=call.payload,
@@ -162,7 +167,36 @@ async def write_effects(
         )
         await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
         replies += 1
-    return replies
+        queued += 1
+    return queued
+
+
+async def write_notification(session: AsyncSession, dedup_key: str, notify: Notify, agent_id: int = 0) -> int:
+    """An outbox row that tells another customer something, on the channel they last chatted on
+    while the platform still lets us write to them there; recorded as undeliverable otherwise."""
+    target = await session.get(Customer, notify.customer_id)
+    call, why = (None, "unknown customer") if target is None else notify_call(target.reach, notify.text, agent_id)
+    if call is None:
+        await record(session, notify.customer_id, "notify.undeliverable", {"reason": why, "about": notify.reason,
+                                                                            "text": notify.text[:200]})
+        return 0
+    session.add(OutboxItem(dedup_key=dedup_key, queue_key=f"customer:{notify.customer_id}", kind=call.kind,
+                           payload=call.payload, customer_id=notify.customer_id))
+    await record(session, notify.customer_id, "outbound.notify",
+                 {"text": notify.text[:200], "via": call.kind, "about": notify.reason})
+    return 1
+
+
+def remember_reach(customer: Customer, event: InboundEvent) -> None:
+    """Where the customer last chatted, so others' actions (a filled group, a friend) can reach them."""
+    if event.kind not in REACHABLE_AFTER or event.channel not in ("kf", "oa"):
+        return
+    now = int(time.time())
+    reach: dict[str, object] = {"channel": event.channel, "sender": event.sender, "account": event.account}
+    previous = customer.reach or {}
+    moved = any(previous.get(key) != value for key, value in reach.items())
+    if moved or int(previous.get("at", 0)) < now - 60:  # the row is written at most once a minute
+        customer.reach = {**reach, "at": now}
 
 
 def _needs_intent(event: InboundEvent) -> bool:

@@ -134,6 +134,7 @@ class _Builder:
             not_tag=_text(node.get("not_tag")),
             stage=tuple(self.stage(stage, "when") for stage in _nodes(node.get("stage"))),
             check=_text(node.get("check")),
+            social_min=_value(node.get("social_min"), None),
         )
 
     def choices(self, node: Node | None) -> tuple[MenuChoice, ...]:

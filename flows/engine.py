@@ -25,8 +25,8 @@ from crm_store import tags
 from crm_store.conversations import active_conversation, end_conversation
 from crm_store.intent_counts import count_intent
 from crm_store.models import Conversation, Customer, as_utc, utcnow
-from flows.hooks import Hooks
-from flows.matching import Match, match_event, match_message, match_signal
+from flows.hooks import HookCall, Hooks
+from flows.matching import CERTAIN, Match, match_event, match_message, match_signal
 from flows.model import Flow, FlowSet
 from flows.releases import ReleaseCache
 from flows.runner import Position, Runner, Stop, Turn, own_timer
@@ -76,20 +76,25 @@ class FlowEngine:
         if event.kind in LEAVING:
             await self._customer_left(turn, conversation)
             return turn.effects
+        requested = ""
         if event.kind in ARRIVING:
-            await self._customer_arrived(turn, flows)
-        await self._run(turn, conversation, release_id, flows)
+            requested = await self._customer_arrived(turn, flows)
+        await self._run(turn, conversation, release_id, flows, requested)
         await self._follow_signals(turn, release_id, flows)
         return turn.effects
 
     # ------------------------------------------------------------ the turn
 
-    async def _run(self, turn: Turn, conversation: Conversation | None, release_id: int, flows: FlowSet) -> None:
+    async def _run(
+        self, turn: Turn, conversation: Conversation | None, release_id: int, flows: FlowSet, requested: str = ""
+    ) -> None:
         event = turn.event
         is_message = event.kind in ("message", "menu_click")
         match = (
             match_message(flows, event.text, event.menu_id, turn.intent) if is_message else match_event(flows, event)
         )
+        if requested and requested in flows.flows:  # an entry channel names its welcome flow
+            match = Match(flows.flows[requested], None, CERTAIN)
         if conversation is not None:
             pinned = await self.releases.get(turn.session, conversation.release_id)
             running = pinned.flows[conversation.flow_id]
@@ -156,12 +161,22 @@ class FlowEngine:
             if not turn.signals:
                 return
             signals, turn.signals = turn.signals, []
+            await self._stage_handlers(turn, signals)
             match = next((m for kind, value in signals if (m := match_signal(flows, kind, value))), None)
             if match is None:
                 return
             if await active_conversation(turn.session, turn.customer.id) is not None:
                 return
             await self._start(turn, match, release_id, flows)
+
+    async def _stage_handlers(self, turn: Turn, signals: list[tuple[str, str]]) -> None:
+        """Stages the customer entered may qualify rewards and conversions (the growth hooks)."""
+        for kind, stage in signals:
+            if kind != "stage":
+                continue
+            call = HookCall(turn.session, turn.customer, turn.event, {}, {})
+            for handler in self.hooks.stage_handlers:
+                turn.effects.extend(await handler(call, stage))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -171,15 +186,32 @@ class FlowEngine:
         if await stages.churn(turn.session, turn.customer, f"event:{turn.event.kind}", self.lifecycle):
             turn.signals.append(("stage", self.lifecycle.churned))
 
-    async def _customer_arrived(self, turn: Turn, flows: FlowSet) -> None:
+    async def _customer_arrived(self, turn: Turn, flows: FlowSet) -> str:
+        """Owner, return from churn, codes on arrival, intent rules; the flow an arrival code asks for."""
         event, customer = turn.event, turn.customer
         if event.kind == "contact_added" and event.account and not customer.owner_userid:
             customer.owner_userid = event.account
         if customer.stage == self.lifecycle.churned:
             if await stages.return_from_churn(turn.session, customer, f"event:{event.kind}", self.lifecycle):
                 turn.signals.append(("stage", customer.stage))
-        intent = turn.intent
-        if intent is None or event.kind != "message" or intent.name in ("nlu_fallback", "out_of_scope"):
+        requested = await self._arrival_hooks(turn) if event.scene else ""
+        await self._count_intent(turn, flows)
+        return requested
+
+    async def _arrival_hooks(self, turn: Turn) -> str:
+        requested = ""
+        call = HookCall(turn.session, turn.customer, turn.event, {}, {})
+        for handler in self.hooks.arrivals:
+            result = await handler(call)
+            turn.effects.extend(result.effects)
+            turn.signals.extend(result.signals)
+            requested = requested or result.flow
+        return requested
+
+    async def _count_intent(self, turn: Turn, flows: FlowSet) -> None:
+        """Tag rules: "asked the price 3 times → 高意向"."""
+        intent, customer = turn.intent, turn.customer
+        if intent is None or turn.event.kind != "message" or intent.name in ("nlu_fallback", "out_of_scope"):
             return
         rules = [rule for rule in flows.rules if rule.intent == intent.name]
         if not rules:

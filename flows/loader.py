@@ -27,7 +27,7 @@ catalog: `groups: {意向: [高意向, 低意向]}`, each tag in one group) and 
         menu: [{id: buy, text: 我要买, goto: hot}]
         links: [{title: 详情, url: "https://example.com/p"}]   # also miniprogram: {appid, pagepath, title}
       - id: decide
-        branch:                     # when: intent, slot (+ equals), tag, not_tag, stage, check
+        branch:                     # when: intent, slot (+ equals), tag, not_tag, stage, check, social_min
           - {when: {intent: [affirm]}, goto: hot}
           - else: bye               # default: next
       - {id: hot, tag: [高意向], untag: 低意向}

@@ -24,11 +24,14 @@ ENTRY_EVENTS = frozenset(
 )
 # Slots each hook fills, so templates after it may show them.
 ACTION_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "group_buy.open": ("group_code", "group_link", "group_size", "group_deadline"),
-    "group_buy.join": ("group_code", "group_members", "group_size"),
-    "group_buy.status": ("group_code", "group_members", "group_size", "group_deadline"),
-    "invite.show": ("invite_code", "invite_link"),
-    "invite.claim": ("inviter_name",),
+    "group_buy.open": ("group_code", "group_link", "group_share", "group_size", "group_members", "group_deadline",
+                       "group_price", "campaign_name", "group_refused"),
+    "group_buy.join": ("group_code", "group_link", "group_share", "group_members", "group_size", "group_deadline",
+                       "group_price", "campaign_name", "group_filled", "group_refused"),
+    "group_buy.status": ("group_code", "group_members", "group_size", "group_deadline", "group_status",
+                         "campaign_name", "group_share"),
+    "invite.show": ("invite_code", "invite_link", "invite_share", "invite_friends"),
+    "invite.claim": ("inviter_name", "invite_refused"),
     "sequence.enroll": (),
     "sequence.stop": (),
 }
@@ -118,7 +121,8 @@ class Condition:
     tag: str = ""
     not_tag: str = ""
     stage: tuple[str, ...] = ()
-    check: str = ""  # a predicate provided by a hook, e.g. group_buy.has_open_group
+    check: str = ""  # a predicate provided by a hook, e.g. group_buy.code_given
+    social_min: float | None = None  # social value at least this (what the customer's friends brought)
 
 
 @dataclass(frozen=True)

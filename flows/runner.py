@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.events import Effect, InboundEvent, MenuItem, Note, Reply
 from crm_store import lifecycle as stages
-from crm_store import tags
+from crm_store import social, tags
 from crm_store.models import Customer, utcnow
 from flows.answers import answer_to
 from flows.hooks import HookCall, Hooks
@@ -252,6 +252,10 @@ class Runner:
             return False
         if when.stage and turn.customer.stage not in when.stage:
             return False
+        if when.social_min is not None:
+            stats = await social.stats_of(turn.session, customer_id)
+            if (stats.score if stats is not None else 0.0) < when.social_min:
+                return False
         if when.check:
             check = self.hooks.checks.get(when.check)
             if check is None:
@@ -285,6 +289,8 @@ class Runner:
         pos.slots.update({key: str(value) for key, value in result.slots.items()})
         for text in result.replies:
             turn.reply(text)
+        turn.effects.extend(result.effects)
+        turn.signals.extend(result.signals)
         return result.goto or step.next
 
     def _hook_call(self, pos: Position, turn: Turn, params: dict[str, Any]) -> HookCall:
