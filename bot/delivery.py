@@ -36,12 +36,13 @@ def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0
     if event.channel == "kf":
         content = _kf_content(reply)
         if first and event.welcome_code:
-            return OutboundCall("kf.send_msg_on_event", {"code": event.welcome_code, **content})
+            return OutboundCall("kf.send_msg_on_event", {"code": event.welcome_code, **content, **_send_by(event)})
         return OutboundCall("kf.send_msg", {"touser": event.sender, "open_kfid": event.account, **content})
     if event.channel == "contacts":
         if first and event.welcome_code:
             return OutboundCall(
-                "contacts.send_welcome_msg", {"welcome_code": event.welcome_code, "text": {"content": reply.text}}
+                "contacts.send_welcome_msg",
+                {"welcome_code": event.welcome_code, "text": {"content": reply.text}, **_send_by(event)},
             )
         return None
     if event.channel == "oa":
@@ -57,6 +58,22 @@ def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0
             "duplicate_check_interval": 1800,
         },
     )
+
+
+WELCOME_CODE_TTL_S = 20  # kf and contact welcome codes are valid 20 s after the event
+SEND_BY = "_send_by"  # a payload key the sender honours and removes: past it, the call is pointless
+
+
+def _send_by(event: InboundEvent) -> dict[str, int]:
+    return {SEND_BY: event.created_at + WELCOME_CODE_TTL_S} if event.created_at else {}
+
+
+def too_late(payload: dict[str, Any], now: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """Is the call past its deadline? And the payload without the deadline, as the API wants it."""
+    if SEND_BY not in payload:
+        return False, payload
+    body = {key: value for key, value in payload.items() if key != SEND_BY}
+    return (now if now is not None else time.time()) > float(payload[SEND_BY]), body
 
 
 # Customer actions after which kf and the OA let us write to the customer for 48 hours.

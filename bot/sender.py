@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
 from bot.corp_tags import CorpTags
-from bot.delivery import OUTBOX_KINDS, with_idempotency_key
+from bot.delivery import OUTBOX_KINDS, too_late, with_idempotency_key
 from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
 from crm_store import work_queue
 from crm_store.models import OutboxItem
@@ -59,10 +59,16 @@ class OutboxSender:
                 return
             async with self.sessions() as session, session.begin():
                 await work_queue.note(session, item, CALL_STARTED)
+        late, body = too_late(item.payload)
+        if late:
+            metrics.SEND_ERRORS.labels(item.kind, "late").inc()
+            log.warning("sender.too_late id=%s kind=%s", item.id, item.kind)
+            await self._close(item, "failed", "not sent: the welcome code's 20 seconds had passed")
+            return
         try:
-            payload: dict[str, Any] | None = item.payload
+            payload: dict[str, Any] | None = body
             if item.kind in self.prepare:
-                payload = await self.prepare[item.kind](item.payload)
+                payload = await self.prepare[item.kind](body)
             if payload is not None:
                 await self.apis[credential].post(path, with_idempotency_key(item.kind, payload, item.id))
         except ApiError as exc:

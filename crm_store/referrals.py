@@ -122,21 +122,18 @@ async def mark_converted(session: AsyncSession, friend_id: int) -> int | None:
 
 async def tree(session: AsyncSession, root_id: int, depth: int, limit: int = MAX_TREE_ROWS) -> list[TreeRow]:
     """Who `root_id` brought, and whom they brought, to `depth` levels: one recursive query."""
-    down = select(
-        Referral.friend_id.label("id"), Referral.inviter_id.label("parent"), literal(1).label("level")
-    ).where(Referral.inviter_id == root_id)
-    walk = down.cte("walk", recursive=True)
+    columns = (Referral.friend_id, Referral.inviter_id, Referral.converted_at, Referral.created_at)
+    down = select(*columns, literal(1).label("level")).where(Referral.inviter_id == root_id)
+    walk = down.cte("walk", recursive=True)  # the walk carries every column: no join back to all referrals
     walk = walk.union_all(
-        select(Referral.friend_id, Referral.inviter_id, walk.c.level + 1)
-        .join(walk, Referral.inviter_id == walk.c.id)
+        select(*columns, walk.c.level + 1).join(walk, Referral.inviter_id == walk.c.friend_id)
         .where(walk.c.level < depth)
     )
     rows = await session.execute(
-        select(walk.c.id, walk.c.parent, walk.c.level, Customer.display_name, Customer.stage,
-               Referral.converted_at, Referral.created_at)
-        .join(Customer, Customer.id == walk.c.id)
-        .join(Referral, Referral.friend_id == walk.c.id)
-        .order_by(walk.c.level, Referral.created_at)
+        select(walk.c.friend_id, walk.c.inviter_id, walk.c.level, Customer.display_name, Customer.stage,
+               walk.c.converted_at, walk.c.created_at)
+        .join(Customer, Customer.id == walk.c.friend_id)
+        .order_by(walk.c.level, walk.c.created_at)
         .limit(limit)
     )
     return [

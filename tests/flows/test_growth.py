@@ -236,3 +236,19 @@ async def test_an_add_through_a_channel_qr_runs_its_welcome_flow_tags_and_counts
         assert (await session.get_one(Customer, customer.id)).entry_channel_id == channel.id
         assert await rep_adds(session, channel, brand_day("Asia/Shanghai")) == {"lisi": 1}
     assert "channel.arrived" in await timeline_kinds(bot, customer.id)
+
+
+async def test_a_welcome_that_missed_its_20_seconds_is_not_sent_and_says_why(bot: Bot) -> None:
+    from crm_store.models import OutboxItem
+
+    assert await bot.simulator.contact_adds(bot.url, "wmSlow", "lisi") == 200
+    await bot.runtime.inbox.drain()
+    async with bot.runtime.sessions() as session, session.begin():
+        item = await session.scalar(select(OutboxItem).where(OutboxItem.kind == "contacts.send_welcome_msg"))
+        assert item is not None and item.payload["_send_by"] > utcnow().timestamp()
+        item.payload = {**item.payload, "_send_by": int(utcnow().timestamp()) - 1}  # the worker was too slow
+    await bot.drain()
+    assert bot.replies_to("wmSlow") == []
+    async with bot.runtime.sessions() as session:
+        item = await session.get_one(OutboxItem, item.id)
+    assert (item.status, item.last_error) == ("failed", "not sent: the welcome code's 20 seconds had passed")
