@@ -167,7 +167,7 @@ CONDITION = Record(
         "not_tag": TAG,
         "stage": OneOrList(STAGE),
         "check": Text(what="a check name", pattern=r"[a-z][a-z0-9_.]{0,63}"),
-        "social_min": Number(0, 1e9, what="a social value"),
+        "social_min": Number(0, 1_000_000_000, what="a social value"),
     },
     what="a condition",
     rules=(_condition_not_empty, _needs("slot", "equals")),

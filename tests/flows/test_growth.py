@@ -252,3 +252,28 @@ async def test_a_welcome_that_missed_its_20_seconds_is_not_sent_and_says_why(bot
     async with bot.runtime.sessions() as session:
         item = await session.get_one(OutboxItem, item.id)
     assert (item.status, item.last_error) == ("failed", "not sent: the welcome code's 20 seconds had passed")
+
+
+VIP_FLOW = """
+flow: vip
+triggers:
+  - keywords: [会员]
+steps:
+  - branch:
+      - {when: {social_min: 6}, goto: influencer}
+      - else: regular
+  - {id: influencer, end: 您是我们的推荐官，专属顾问马上联系您！}
+  - {id: regular, end: 欢迎了解会员权益～}
+"""
+
+
+async def test_flows_branch_on_social_value(start_bot, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.flows.test_engine import flow_dir
+
+    bot = await start_bot(flows={"directory": str(flow_dir(tmp_path, vip=VIP_FLOW))})
+    assert await say(bot, "wmPlain", "会员") == ["欢迎了解会员权益～"]
+    star = await customer_of(bot, "wmPlain")
+    async with bot.runtime.sessions() as session, session.begin():
+        await social.bump(session, [star.id], "friends_converted", bot.settings.growth.social_weights)  # 5
+        await social.bump(session, [star.id], "friends", bot.settings.growth.social_weights)  # +1
+    assert await say(bot, "wmPlain", "会员") == ["您是我们的推荐官，专属顾问马上联系您！"]

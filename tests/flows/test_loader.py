@@ -426,3 +426,9 @@ def test_read_paths_overrides_configured_files_by_name(tmp_path: Path) -> None:
 
 def test_intents_of_domain_lists_the_nlu_intents() -> None:
     assert {"ask_price", "affirm", "want_human"} <= INTENTS
+
+
+def test_a_negative_social_value_in_a_branch_is_refused() -> None:
+    steps = "- branch:\n    - {when: {social_min: -5}, goto: b}\n    - else: b\n- {id: b, end: 好}\n"
+    error = only_error({"f.yaml": flow_file(steps)})
+    assert (error.file, error.message) == ("f.yaml", "-5 is out of range: expected 0 to 1000000000")
