@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_cli.common import in_store, json_option, table, when
 from admin_cli.flow_commands import published
 from admin_cli.main import cli, echo_json, settings_of
-from crm_store.customer_queries import CustomerCard, customer_card, find_customers
+from crm_store.customer_queries import CustomerCard, GrowthCard, Sort, customer_card, find_customers
 from crm_store.lifecycle import Lifecycle, StageNotAllowed, funnel, set_stage
 from crm_store.models import Conversation, Customer
 from crm_store.tags import add_tags, remove_tags, sync_catalog, tag_counts
@@ -52,15 +52,19 @@ def customers_group() -> None:
 @click.option("--tag", "tags", multiple=True, help="Carrying this tag (repeat: all of them).")
 @click.option("--stage", help="In this stage (id or label).")
 @click.option("--text", help="Name, channel id or something they wrote contains this (any case).")
+@click.option("--min-social", type=click.FloatRange(0), metavar="N",
+              help="With a social score of at least N (what they brought: friends, conversions, groups).")
+@click.option("--sort", type=click.Choice(["seen", "social"]), default="seen", show_default=True,
+              help="seen: most recently seen first; social: highest social score first.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
 @json_option
 @click.pass_context
-def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str | None, limit: int, offset: int,
-         as_json: bool) -> None:
-    """Customers matching every filter given, most recently seen first.
+def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str | None, min_social: float | None,
+         sort: Sort, limit: int, offset: int, as_json: bool) -> None:
+    """Customers matching every filter given, most recently seen (or highest social score) first.
 
-    Example: scrm customers find --tag 高意向 --stage 意向 --text 连衣裙
+    Example: scrm customers find --tag 高意向 --stage 意向 --text 连衣裙   or   scrm customers find --sort social --min-social 10
     """
     settings = settings_of(ctx)
     lifecycle = Lifecycle(settings.lifecycle)
@@ -69,16 +73,20 @@ def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--stage") from None
     rows = in_store(settings, lambda session: find_customers(
-        session, tags=tags, stage=stage_id, text=text, limit=limit, offset=offset))
+        session, tags=tags, stage=stage_id, text=text, min_social=min_social, sort=sort, limit=limit,
+        offset=offset))
     if as_json:
         echo_json([asdict(row) for row in rows])
         return
     if not rows:
         click.echo("no customers match")
         return
-    click.echo(table([[r.id, r.display_name, lifecycle.label(r.stage), ", ".join(r.tags), when(r.last_seen_at),
-                       " ".join(r.identities)] for r in rows],
-                     ["id", "name", "stage", "tags", "last seen", "identities"]))
+    # the social column appears once it says something: asked for, or someone on the page has a score
+    social = sort == "social" or min_social is not None or any(row.social for row in rows)
+    click.echo(table([[r.id, r.display_name, lifecycle.label(r.stage), ", ".join(r.tags)]
+                      + ([f"{r.social:g}"] if social else []) + [when(r.last_seen_at), " ".join(r.identities)]
+                      for r in rows],
+                     ["id", "name", "stage", "tags"] + (["social"] if social else []) + ["last seen", "identities"]))
 
 
 @customers_group.command("show")
@@ -88,7 +96,8 @@ def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str
 @json_option
 @click.pass_context
 def show(ctx: click.Context, customer_id: int, events: int, as_json: bool) -> None:
-    """A customer's card: stage, tags, opt-out, owner, stage history, timeline, running flow.
+    """A customer's card: stage, tags, opt-out, owner, social value, inviter, groups, rewards, stage history,
+    timeline, running flow.
 
     Example: scrm customers show 42 --events 50
     """
@@ -121,6 +130,7 @@ def _print_card(card: CustomerCard, flow: dict[str, Any] | None) -> None:
     click.echo(f"stage: {row.stage} ({card.stage_label})   marketing: "
                f"{'opted out' if card.marketing_opt_out else 'allowed'}   owner: {card.owner_userid or '-'}")
     click.echo(f"tags: {', '.join(row.tags) or '-'}")
+    _print_growth(card.growth)
     if flow:
         click.echo(f"running: flow {flow['flow']} v{flow['version']} at step {flow['step']} since "
                    f"{when(flow['started_at'])}, slots {flow['slots'] or '{}'}")
@@ -131,6 +141,23 @@ def _print_card(card: CustomerCard, flow: dict[str, Any] | None) -> None:
     for entry in card.timeline:
         data = " ".join(f"{key}={value}" for key, value in entry.data.items())
         click.echo(f"  {when(entry.at)}  {entry.kind:<18} {data}".rstrip())
+
+
+def _print_growth(growth: GrowthCard) -> None:
+    counts = growth.counters
+    click.echo(f"social: {growth.score:g}   friends {counts['friends']}, converted {counts['friends_converted']}, "
+               f"groups led {counts['groups_led']}, filled {counts['groups_filled']}, "
+               f"downstream conversions {counts['downstream_converted']}")
+    inviter = f"{growth.inviter_name} #{growth.inviter_id}" if growth.inviter_id is not None else "-"
+    click.echo(f"invited by: {inviter}   invite code: {growth.invite_code or '-'}")
+    click.echo("groups: " + ("; ".join(
+        f"{g.code} {g.campaign} {g.status} {g.members}/{g.size}" + (" (leader)" if g.leader else "")
+        for g in growth.groups) or "-"))
+    click.echo("rewards received:" if growth.rewards else "rewards received: none")
+    for r in growth.rewards:
+        friend = f"  friend {r.friend_name} #{r.friend_id}" if r.friend_id is not None else ""
+        undo = f" of #{r.reverses_id}" if r.reverses_id is not None else ""
+        click.echo(f"  #{r.id} {when(r.at)}  {r.kind}{undo}  {r.rule_id}: {r.reward}{friend}")
 
 
 @customers_group.command("tag")

@@ -13,9 +13,14 @@ from click.testing import CliRunner, Result
 
 from admin_cli.main import cli
 from bot.settings import load_settings
+from crm_store.campaigns import create_campaign, spec_from_mapping
 from crm_store.customers import Profile, record, resolve_customer
 from crm_store.db import create_engine, session_factory
-from crm_store.models import Conversation
+from crm_store.group_buys import open_group
+from crm_store.models import Conversation, Customer
+from crm_store.referrals import attribute, invite_code_for
+from crm_store.rewards import qualify
+from crm_store.social import bump
 from flows.loader import read_directory
 from flows.publishing import publish_flows, validate
 from tests.conftest import Backend
@@ -147,3 +152,61 @@ def test_tags_sync_without_a_release_says_what_to_do(backend: Backend, clean_env
     shutil.copytree(VALID, tmp_path / "flows")
     result = Scrm(backend.store_url)("tags", "sync", ok=False)
     assert result.exit_code == 1 and "nothing is published yet" in result.output
+
+
+async def grow(store_url: str, zhang: int, li: int, wang: int) -> str:
+    """李四 brought 张三 (arrival rewards granted), 张三 has an invite code and leads a group; social scores
+    张三 6 (friends 1, converted 1), 李四 1 (groups led 1), Wang none. The group's code."""
+    settings = load_settings(nlu={"mode": "rules"})
+    weights = settings.growth.social_weights
+    engine = create_engine(store_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            spec = spec_from_mapping({"code": "tea", "name": "春茶团", "price": 10, "group_size": 2, "group_hours": 24,
+                                      "ends": "2099-01-01", "stock": 10}, ["lead"], [], settings.growth.timezone)
+            campaign = await create_campaign(session, spec)
+            group = await open_group(session, campaign, await session.get_one(Customer, zhang))
+            await attribute(session, await session.get_one(Customer, zhang), li, "inv_TEST", "kf", 86_400)
+            await qualify(session, zhang, "arrival", settings.growth.rewards)
+            code = await invite_code_for(session, zhang)
+            await bump(session, [zhang], "friends", weights)
+            await bump(session, [zhang], "friends_converted", weights)
+            await bump(session, [li], "groups_led", weights)
+            return f"{group.code} {code}"
+    finally:
+        await engine.dispose()
+
+
+def test_find_sorts_and_filters_by_social_value(scrm: tuple[Scrm, list[int]]) -> None:
+    run, (zhang, li, wang) = scrm
+    assert "social" not in run("customers", "find").stdout.splitlines()[0]  # nobody has any yet
+    asyncio.run(grow(run.env["SCRM__STORE__URL"], zhang, li, wang))
+    assert [(r["id"], r["social"]) for r in run.json("customers", "find", "--sort", "social")] == [
+        (zhang, 6.0), (li, 1.0), (wang, 0.0)]  # no social_stats row counts as 0
+    assert [r["id"] for r in run.json("customers", "find", "--min-social", "1")] == [li, zhang]  # last seen first
+    assert [r["id"] for r in run.json("customers", "find", "--min-social", "2", "--sort", "social")] == [zhang]
+    assert [r["id"] for r in run.json("customers", "find", "--min-social", "0", "--text", "wm_2")] == [wang]
+    lines = run("customers", "find", "--sort", "social").stdout.splitlines()
+    assert lines[0].split() == ["id", "name", "stage", "tags", "social", "last", "seen", "identities"]
+    assert lines[1].split()[:4] == [str(zhang), "张三", "潜在", "6"]
+    assert "--min-social" in run("customers", "find", "--min-social", "-1", ok=False).output
+
+
+def test_show_has_social_value_inviter_invite_code_groups_and_rewards(scrm: tuple[Scrm, list[int]]) -> None:
+    run, (zhang, li, wang) = scrm
+    group, code = asyncio.run(grow(run.env["SCRM__STORE__URL"], zhang, li, wang)).split()
+    text = run("customers", "show", str(zhang)).stdout
+    assert ("social: 6   friends 1, converted 1, groups led 0, filled 0, downstream conversions 0") in text
+    assert f"invited by: 李四 #{li}   invite code: {code}" in text
+    assert f"groups: {group} tea open 1/2 (leader)" in text
+    assert "rewards received:" in text and "grant  friend_welcome: 新人券5元  friend 张三" in text
+    growth = run.json("customers", "show", str(zhang))["growth"]
+    assert (growth["score"], growth["counters"]["friends_converted"], growth["inviter_id"]) == (6.0, 1, li)
+    assert growth["groups"] == [{"code": group, "campaign": "tea", "status": "open", "members": 1, "size": 2,
+                                 "leader": True}]
+    assert [(r["kind"], r["rule_id"], r["friend_id"]) for r in growth["rewards"]] == [
+        ("grant", "friend_welcome", zhang)]
+    bare = run("customers", "show", str(wang)).stdout
+    assert "social: 0   friends 0" in bare and "invited by: -   invite code: -" in bare
+    assert "groups: -" in bare and "rewards received: none" in bare
+    assert run.json("customers", "show", str(li))["growth"]["rewards"][0]["rule_id"] == "friend_arrived"

@@ -9,11 +9,13 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from crm_store.customer_queries import customer_card, find_customers
+from crm_store.customer_queries import customer_card, find_customers, leaderboard
 from crm_store.customers import Profile, record, resolve_customer
 from crm_store.db import create_engine, session_factory
+from crm_store.growth_settings import SocialWeights
 from crm_store.lifecycle import Lifecycle, set_stage
 from crm_store.models import Customer
+from crm_store.social import bump
 from crm_store.tags import add_tags
 from flows.settings import LifecycleSettings
 from tests.conftest import Backend
@@ -149,3 +151,66 @@ async def test_card_shows_stage_history_and_timeline_and_follows_merges(
     ]
     assert [entry.kind for entry in card.timeline] == ["stage.changed", "inbound.message", "stage.changed"]
     assert card.timeline[1].data["text"] == "想问一下 Price 多少"
+
+
+async def give_social(sessions: Sessions, counts: dict[int, int]) -> None:
+    """`counts` friends each (score = friends, with weight 1)."""
+    async with sessions() as session, session.begin():
+        for customer_id, friends in counts.items():
+            for _ in range(friends):
+                await bump(session, [customer_id], "friends", SocialWeights())
+
+
+async def test_find_sorts_by_social_score_and_counts_no_row_as_zero(
+    sessions: Sessions, population: dict[str, int]
+) -> None:
+    await give_social(sessions, {population["wang"]: 2, population["li"]: 1})
+    async with sessions() as session:
+        by_social = await find_customers(session, sort="social")
+        at_least_one = await find_customers(session, min_social=1)
+        at_least_two = await find_customers(session, min_social=2, tags=["VIP"])
+        everyone = await find_customers(session, min_social=0)
+        page = await find_customers(session, sort="social", limit=1, offset=1)
+    assert [(row.id, row.social) for row in by_social] == [
+        (population["wang"], 2.0), (population["li"], 1.0), (population["may"], 0.0)]
+    assert [row.id for row in at_least_one] == [population["li"], population["wang"]]  # last seen first
+    assert [row.id for row in at_least_two] == [population["wang"]]
+    assert len(everyone) == 3
+    assert [row.id for row in page] == [population["li"]]
+
+
+async def test_a_page_sorted_by_social_value_still_costs_three_queries(
+    engine: AsyncEngine, sessions: Sessions, population: dict[str, int]
+) -> None:
+    await give_social(sessions, {population["li"]: 3})
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with sessions() as session:
+            rows = await find_customers(session, sort="social", min_social=0)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert [row.social for row in rows] == [3.0, 0.0, 0.0]
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert len(selects) == 3 and "social_stats" in selects[0].lower()
+
+
+async def test_card_has_growth_and_leaderboard_ranks_unmerged_customers(
+    sessions: Sessions, population: dict[str, int]
+) -> None:
+    await give_social(sessions, {population["may"]: 2, population["li"]: 5})
+    async with sessions() as session, session.begin():
+        (await session.get_one(Customer, population["li"])).merged_into_id = population["wang"]
+    async with sessions() as session:
+        card = await customer_card(session, population["may"], LIFECYCLE)
+        bare = await customer_card(session, population["wang"], LIFECYCLE)
+        board = await leaderboard(session, "friends", 10)
+    assert card is not None and card.row.social == 2.0 and card.growth.counters["friends"] == 2
+    assert (card.growth.inviter_id, card.growth.invite_code, card.growth.groups, card.growth.rewards) == (
+        None, None, [], [])
+    assert bare is not None and bare.growth.score == 0.0 and set(bare.growth.counters.values()) == {0}
+    assert [(row.customer_id, row.name, row.friends) for row in board] == [(population["may"], "阿May", 2)]
