@@ -59,10 +59,12 @@ def echo_json(data: Any) -> None:
 
 
 from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
+    campaign_commands,
     channel_commands,
     customer_commands,
     flow_commands,
     ops_commands,
+    referral_commands,
     serve_command,
     try_command,
 )
@@ -71,6 +73,6 @@ from admin_cli.nlu_commands import nlu_group  # noqa: E402
 cli.add_command(nlu_group, "nlu")
 
 __all__ = [
-    "cli", "echo_json", "settings_of", "channel_commands", "customer_commands", "flow_commands", "ops_commands",
-    "serve_command", "try_command",
+    "cli", "echo_json", "settings_of", "campaign_commands", "channel_commands", "customer_commands", "flow_commands",
+    "ops_commands", "referral_commands", "serve_command", "try_command",
 ]

@@ -86,6 +86,8 @@ def spec_from_mapping(
     now = utcnow()
     starts = _moment(data.get("starts"), "starts", zone, problems) or now
     ends = _moment(data.get("ends"), "ends", zone, problems)
+    if data.get("ends") in (None, ""):
+        problems.append("ends: required, e.g. 2026-12-31 or 2026-12-31T20:00")
     if ends is not None and ends <= starts:
         problems.append("ends: must be after starts")
     if ends is not None and ends <= now:
