@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser bench bench-nlu bench-flows nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser bench bench-nlu bench-flows bench-growth nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
@@ -36,6 +36,9 @@ bench-nlu: install rasa  ## NLU client vs raw Rasa: throughput, latency, fallbac
 
 bench-flows: install rasa  ## conversations end to end (callback -> reply) with Rasa NLU on PostgreSQL, against a plain Rasa assistant
 	$(BIN)/python bench/flows.py
+
+bench-growth: install  ## group-buys and reward triggers under 1,000-10,000 concurrent transactions, referral tree of 100k, on PostgreSQL
+	$(BIN)/python bench/growth.py
 
 nlu-train: install rasa  ## train the intent model if its data or config changed
 	$(BIN)/scrm nlu train
