@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from crm_store.growth_settings import GrowthSettings
+from crm_store.handoff_settings import HandoffSettings
 from flows.settings import FlowSettings, LifecycleSettings
 from nlu.settings import NluSettings
 
@@ -138,6 +139,7 @@ class Settings(BaseSettings):
     flows: FlowSettings = FlowSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     growth: GrowthSettings = GrowthSettings()
+    handoff: HandoffSettings = HandoffSettings()
     worker: WorkerSettings = WorkerSettings()
     sandbox: SandboxSettings = SandboxSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -159,6 +161,9 @@ class Settings(BaseSettings):
         unknown = self.growth.unknown_stages({stage.id for stage in self.lifecycle.stages})
         if unknown:
             raise ValueError(f"growth names unknown stage(s) {unknown}; the lifecycle defines them")
+        unknown = sorted(set(self.handoff.high_value.stages) - {stage.id for stage in self.lifecycle.stages})
+        if unknown:
+            raise ValueError(f"handoff.high_value names unknown stage(s) {unknown}; the lifecycle defines them")
         return self
 
     @model_validator(mode="after")

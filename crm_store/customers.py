@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.growth_merge import merge_growth
+from crm_store.handoff_merge import merge_handoffs
 from crm_store.models import (
     Conversation,
     Customer,
@@ -110,7 +111,8 @@ async def _attach_unionid(session: AsyncSession, customer: Customer, unionid: st
 
 async def merge_customers(session: AsyncSession, keep: Customer, absorb: Customer) -> None:
     """Move identities, timeline, tags, stage history, conversations, pending messages and the growth
-    history (referrals, groups, rewards, social value: crm_store/growth_merge.py) to `keep`.
+    history (referrals, groups, rewards, social value: crm_store/growth_merge.py) and the handoffs
+    to `keep`.
 
     `absorb` points at `keep` from now on. Tags both carry stay once; absorb's running
     conversation ends (keep's, if any, is the one that goes on).
@@ -136,6 +138,7 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
             .execution_options(synchronize_session=False)
         )
     await merge_growth(session, keep.id, absorb.id)
+    await merge_handoffs(session, keep.id, absorb.id)
     absorb.merged_into_id = keep.id
     if keep.entry_channel_id is None:
         keep.entry_channel_id = absorb.entry_channel_id
