@@ -2,30 +2,36 @@
 
 The sandbox and the tests point `wecom.api_base` / `oa.api_base` at it. It issues and
 checks access tokens (42001 once expired, 40014 when unknown), rate-limits on demand
-(45009), can be told to fail the next calls (`fail_next`), keeps kf messages for
-`kf/sync_msg` with real cursors, refuses used welcome codes, and records every message
-the bot sends so a test or the sandbox page can read them back. It keeps a corp tag
+(45009), can be told to fail the next calls (`fail_next`), refuses used welcome codes, and
+records every message the bot sends so a test or the sandbox page can read them back. The
+微信客服 part (kf/sync_msg with real cursors, sessions and their states, a rep's messages from
+the kf workspace) is `fake_kf.FakeKf`, which this class extends. It keeps a corp tag
 library (`externalcontact/get_corp_tag_list`, `add_corp_tag`) and the tags each rep put
 on each contact (`mark_tag`), so a test can read a customer's tags on WeCom's side.
 Entry points: contact ways (`externalcontact/add_contact_way`, `update_contact_way`,
 `del_contact_way`, kept in `contact_ways` by config_id), kf links (`kf/add_contact_way`,
 kept in `kf_links`) and OA parametric QR codes (`qrcode/create`, kept in `qr_codes` by ticket).
+Departed reps: `add_unassigned` fills `externalcontact/get_unassigned_list`, and
+`externalcontact/resigned/transfer_customer` records what it moved in `transfers`.
 """
 
 from __future__ import annotations
 
-import itertools
-import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from bot.sandbox.fake_kf import ApiRefusal, FakeKf, Sent
+
+__all__ = ["FakeWeChat", "Sent"]
+
 TOKEN_TTL_S = 7200
 CONTACT_WAY_MAX_USERS = 100
-KF_SCENE = re.compile(r"[0-9a-zA-Z_-]{0,32}")
+UNASSIGNED_PAGE_MAX = 1000  # get_unassigned_list: page_size defaults to and is at most 1000
+TRANSFER_MAX = 100  # resigned/transfer_customer: at most 100 customers a call
 QR_ACTIONS = {"QR_SCENE", "QR_STR_SCENE", "QR_LIMIT_SCENE", "QR_LIMIT_STR_SCENE"}
 
 
@@ -37,27 +43,9 @@ class Failure:
     remaining: int = 1
 
 
-@dataclass
-class Sent:
-    path: str
-    body: dict[str, Any]
-    at: float = field(default_factory=time.time)
-
-    @property
-    def to(self) -> str:
-        return str(self.body.get("touser") or self.body.get("code") or self.body.get("welcome_code") or "")
-
-    @property
-    def text(self) -> str:
-        for key in ("text", "msgmenu", "textcard"):
-            part = self.body.get(key)
-            if isinstance(part, dict):
-                return str(part.get("content") or part.get("head_content") or part.get("title") or "")
-        return ""
-
-
-class FakeWeChat:
+class FakeWeChat(FakeKf):
     def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
+        super().__init__()
         self.corp_id = corp_id
         self.wecom_secrets = set(wecom_secrets)
         self.oa_app_id = oa_app_id
@@ -67,21 +55,16 @@ class FakeWeChat:
         self.token_requests_by: dict[str, int] = {}  # by secret: which credential asked
         self.calls: list[str] = []
         self.failures: list[Failure] = []
-        self.kf_messages: dict[str, list[dict[str, Any]]] = {}
-        self.sent: list[Sent] = []
-        self.seen_msgids: set[str] = set()
-        self.welcome_codes: dict[str, str] = {}  # code -> external_userid, until used
         self.contacts: dict[str, dict[str, str]] = {}
         self.oa_users: dict[str, dict[str, str]] = {}
-        self.service_states: dict[tuple[str, str], int] = {}
         self.corp_tag_groups: list[dict[str, Any]] = []  # as get_corp_tag_list answers them
         self.contact_tags: dict[tuple[str, str], set[str]] = {}  # (userid, external_userid) -> tag ids
         self.follow_users: dict[str, set[str]] = {}  # external_userid -> reps who added them, when known
         self.contact_ways: dict[str, dict[str, Any]] = {}  # config_id -> the contact way as last set
-        self.kf_links: list[dict[str, Any]] = []  # kf/add_contact_way: open_kfid, scene, url
         self.qr_codes: dict[str, dict[str, Any]] = {}  # ticket -> the qrcode/create body
-        self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
-        self._ids = itertools.count(1)
+        self.unassigned: list[dict[str, Any]] = []  # get_unassigned_list: customers of reps who left
+        self.unassigned_page_limit = UNASSIGNED_PAGE_MAX  # tests lower it to exercise is_last
+        self.transfers: list[dict[str, str]] = []  # resigned/transfer_customer: handover, takeover, customer
 
     # --- what a test or the sandbox page does --------------------------------------------
     def fail_next(self, path: str, errcode: int = 0, http_status: int = 200, times: int = 1) -> None:
@@ -91,28 +74,6 @@ class FakeWeChat:
     def expire_tokens(self) -> None:
         """Every token issued so far now answers 42001, as after its 7,200 s."""
         self.tokens = {token: 0.0 for token in self.tokens}
-
-    def add_kf_text(self, open_kfid: str, external_userid: str, text: str, menu_id: str = "") -> str:
-        content = {"content": text, **({"menu_id": menu_id} if menu_id else {})}
-        return self._add_kf(open_kfid, {"origin": 3, "external_userid": external_userid, "msgtype": "text", "text": content})
-
-    def add_kf_enter_session(self, open_kfid: str, external_userid: str, scene_param: str = "") -> str:
-        code = self.issue_welcome_code(external_userid)
-        event = {
-            "event_type": "enter_session",
-            "open_kfid": open_kfid,
-            "external_userid": external_userid,
-            "scene": "sandbox",
-            "scene_param": scene_param,
-            "welcome_code": code,
-        }
-        self._add_kf(open_kfid, {"origin": 4, "msgtype": "event", "event": event})
-        return code
-
-    def issue_welcome_code(self, external_userid: str) -> str:
-        code = secrets.token_urlsafe(16)
-        self.welcome_codes[code] = external_userid
-        return code
 
     def add_follow_user(self, external_userid: str, userid: str) -> None:
         """`userid` has the customer as a contact; once any is known, mark_tag checks it (84061)."""
@@ -132,8 +93,10 @@ class FakeWeChat:
             for tag_id in tag_ids
         }
 
-    def messages_to(self, user: str) -> list[Sent]:
-        return [sent for sent in self.sent if sent.to == user or sent.body.get("_to") == user]
+    def add_unassigned(self, handover_userid: str, external_userid: str, dimission_time: int = 0) -> None:
+        """A customer of a rep who left, as get_unassigned_list will list them until transferred."""
+        self.unassigned.append({"handover_userid": handover_userid, "external_userid": external_userid,
+                                "dimission_time": dimission_time or int(time.time())})
 
     # --- the HTTP side ---------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -141,10 +104,7 @@ class FakeWeChat:
         routes = {
             "gettoken": self.wecom_token,
             "token": self.oa_token,
-            "kf/sync_msg": self.kf_sync_msg,
-            "kf/send_msg": self.kf_send_msg,
-            "kf/send_msg_on_event": self.kf_send_msg_on_event,
-            "kf/service_state/trans": self.kf_service_state_trans,
+            **self.kf_routes(),
             "message/send": self.app_message_send,
             "externalcontact/send_welcome_msg": self.send_welcome_msg,
             "externalcontact/get": self.externalcontact_get,
@@ -154,7 +114,8 @@ class FakeWeChat:
             "externalcontact/add_contact_way": self.add_contact_way,
             "externalcontact/update_contact_way": self.update_contact_way,
             "externalcontact/del_contact_way": self.del_contact_way,
-            "kf/add_contact_way": self.kf_add_contact_way,
+            "externalcontact/get_unassigned_list": self.get_unassigned_list,
+            "externalcontact/resigned/transfer_customer": self.resigned_transfer_customer,
             "message/custom/send": self.oa_custom_send,
             "qrcode/create": self.oa_qrcode_create,
             "user/info": self.oa_user_info,
@@ -177,7 +138,11 @@ class FakeWeChat:
                 if refusal:
                     return _error(refusal)
             body = await request.json() if request.method == "POST" and request.can_read_body else {}
-            return await handler(request, body)
+            try:
+                answer = await handler(request, body)
+            except ApiRefusal as refused:
+                return _error(refused.errcode, refused.errmsg)
+            return _ok(**answer) if isinstance(answer, dict) else answer
 
         return guarded
 
@@ -207,40 +172,16 @@ class FakeWeChat:
             return _error(40125 if request.query.get("appid") == self.oa_app_id else 40013)
         return self._issue_token(self.oa_secret)
 
-    async def kf_sync_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
-        messages = self.kf_messages.get(str(body.get("open_kfid", "")), [])
-        start = int(body.get("cursor") or 0)
-        limit = min(self.page_limit, int(body.get("limit") or 1000))
-        page = messages[start : start + limit]
-        end = start + len(page)
-        return _ok(next_cursor=str(end), has_more=int(end < len(messages)), msg_list=page)
-
-    async def kf_send_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
-        if not body.get("touser") or not body.get("open_kfid"):
-            return _error(40003)
-        return self._deliver("kf/send_msg", body)
-
-    async def kf_send_msg_on_event(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
-        user = self.welcome_codes.pop(str(body.get("code", "")), None)
-        if user is None:
-            return _error(95018)  # the code is unknown, expired or already used
-        return self._deliver("kf/send_msg_on_event", {**body, "_to": user})
-
-    async def kf_service_state_trans(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
-        key = (str(body.get("open_kfid")), str(body.get("external_userid")))
-        self.service_states[key] = int(body.get("service_state", 0))
-        return _ok(msg_code="")
-
     async def app_message_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         if not body.get("touser"):
             return _error(40003)
-        return self._deliver("message/send", body)
+        return _ok(msgid=self._deliver("message/send", body))
 
     async def send_welcome_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         user = self.welcome_codes.pop(str(body.get("welcome_code", "")), None)
         if user is None:
             return _error(41051)  # the welcome code is used or its 20 s are over
-        return self._deliver("externalcontact/send_welcome_msg", {**body, "_to": user})
+        return _ok(msgid=self._deliver("externalcontact/send_welcome_msg", {**body, "_to": user}))
 
     async def externalcontact_get(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
         contact = self.contacts.get(request.query.get("external_userid", ""))
@@ -295,6 +236,41 @@ class FakeWeChat:
         marked.update(add)
         marked.difference_update(remove)
         return _ok()
+
+    async def get_unassigned_list(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        """Customers of departed reps, `page_size` (≤ 1000) at a time from `cursor`; next_cursor "" at the end."""
+        size = int(body.get("page_size") or UNASSIGNED_PAGE_MAX)
+        cursor = str(body.get("cursor") or "")
+        if size < 0 or (cursor and not (cursor.startswith("uc") and cursor[2:].isdigit())):
+            raise ApiRefusal(40058)
+        start = int(cursor[2:]) if cursor else 0
+        end = start + min(size or UNASSIGNED_PAGE_MAX, UNASSIGNED_PAGE_MAX, self.unassigned_page_limit)
+        last = end >= len(self.unassigned)
+        return {"info": self.unassigned[start:end], "is_last": last, "next_cursor": "" if last else f"uc{end}"}
+
+    async def resigned_transfer_customer(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        """Up to 100 of a departed rep's customers to another rep; an errcode per customer (0: started)."""
+        handover, takeover = str(body.get("handover_userid") or ""), str(body.get("takeover_userid") or "")
+        customers = body.get("external_userid")
+        if not handover or not takeover:
+            raise ApiRefusal(40003)
+        if not isinstance(customers, list) or not customers or len(customers) > TRANSFER_MAX:
+            raise ApiRefusal(40058)
+        results = [{"external_userid": str(c), "errcode": self._transfer(handover, takeover, str(c))} for c in customers]
+        return {"customer": results}
+
+    def _transfer(self, handover: str, takeover: str, contact: str) -> int:
+        """WeCom completes a transfer within 24 h, this fake at once: 84061 not the handover's customer, 40096 unknown."""
+        entry = next((u for u in self.unassigned if (u["handover_userid"], u["external_userid"]) == (handover, contact)),
+                     None)
+        if entry is None:
+            known = contact in self.follow_users or any(u["external_userid"] == contact for u in self.unassigned)
+            return 84061 if known else 40096
+        self.unassigned.remove(entry)
+        self.transfers.append({"handover_userid": handover, "takeover_userid": takeover, "external_userid": contact})
+        if contact in self.follow_users:
+            self.follow_users[contact].add(takeover)
+        return 0
 
     def _group(self, group_name: str) -> dict[str, Any]:
         """The group with this name, created when new."""
@@ -360,22 +336,10 @@ class FakeWeChat:
             return _error(41043)
         return self.contact_ways.get(config_id) or _error(41044)
 
-    async def kf_add_contact_way(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
-        """A link to a kf account; `scene` ≤ 32 bytes of [0-9a-zA-Z_-]."""
-        open_kfid = str(body.get("open_kfid") or "")
-        if not open_kfid:
-            return _error(95000)
-        scene = str(body.get("scene") or "")
-        if not KF_SCENE.fullmatch(scene):
-            return _error(40058)
-        url = f"https://work.weixin.qq.com/kfid/{open_kfid}?enc_scene={secrets.token_urlsafe(9)}"
-        self.kf_links.append({"open_kfid": open_kfid, "scene": scene, "url": url})
-        return _ok(url=url)
-
     async def oa_custom_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         if not body.get("touser"):
             return _error(40003)
-        return self._deliver("message/custom/send", body)
+        return _ok(msgid=self._deliver("message/custom/send", body))
 
     async def oa_qrcode_create(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         """Temporary or permanent; the *_STR_SCENE kinds carry `scene_str` (1–64 characters), the others `scene_id`."""
@@ -399,20 +363,6 @@ class FakeWeChat:
         if user is None:
             return web.json_response({"subscribe": 0, "openid": openid})
         return web.json_response({"subscribe": 1, "openid": openid, **user})
-
-    def _add_kf(self, open_kfid: str, item: dict[str, Any]) -> str:
-        msgid = f"fake{next(self._ids)}"
-        self.kf_messages.setdefault(open_kfid, []).append(
-            {"msgid": msgid, "open_kfid": open_kfid, "send_time": int(time.time()), **item}
-        )
-        return msgid
-
-    def _deliver(self, path: str, body: dict[str, Any]) -> web.Response:
-        msgid = str(body.get("msgid") or f"auto{next(self._ids)}")
-        if msgid not in self.seen_msgids:  # a repeated msgid is acknowledged, not delivered again
-            self.seen_msgids.add(msgid)
-            self.sent.append(Sent(path, body))
-        return _ok(msgid=msgid)
 
 
 def _contact_way_users(users: Any, single: bool) -> int:
@@ -452,11 +402,14 @@ ERRMSG = {
     42001: "access_token expired",
     45009: "reach max api daily quota limit",
     45015: "response out of time limit or subscription is canceled",
+    40096: "invalid external userid",
     84061: "not external contact",
     95000: "invalid open_kfid",
-    95018: "send msg code is invalid",
+    95014: "user is not servicer",
+    95016: "service state transition not allowed",
+    95018: "send msg session status invalid",
 }
 
 
-def _error(errcode: int) -> web.Response:
-    return web.json_response({"errcode": errcode, "errmsg": ERRMSG.get(errcode, "error")})
+def _error(errcode: int, errmsg: str = "") -> web.Response:
+    return web.json_response({"errcode": errcode, "errmsg": errmsg or ERRMSG.get(errcode, "error")})

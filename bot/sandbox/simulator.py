@@ -1,13 +1,19 @@
-"""The sandbox: a local fake WeCom/OA API plus a page where a person chats as a WeChat customer.
+"""The sandbox: a local fake WeCom/OA API plus two pages, one to chat as a WeChat customer, one as a rep.
 
-Messages typed on the page travel the real path: the simulator plays WeChat (it puts
-the message where `kf/sync_msg` will find it, or builds the OA callback), signs and
+Messages typed on the pages travel the real path: the simulator plays WeChat (it puts
+the message where `kf/sync_msg` will find it, or builds the OA or app callback), signs and
 encrypts the callback, and POSTs it to the bot's own callback URL. The bot's answers
-arrive at the fake API, and the page reads them back from there.
+arrive at the fake API, and the pages read them back from there. On the rep page
+(/sandbox/rep) a person picks a rep's userid, reads the cards and texts the bot sent that
+rep in the WeCom app, types commands to the bot (app callbacks), and answers the kf
+customers the rep serves as WeCom's kf workspace would (an origin-5 message) or ends
+their session.
 """
 
 from __future__ import annotations
 
+import html
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +23,14 @@ import aiohttp
 from aiohttp import web
 
 from bot.sandbox import wechat_side
+from bot.sandbox.fake_kf import SERVED, SERVICER_PATH, KfSessionError
 from bot.sandbox.fake_wechat import FakeWeChat
-from bot.settings import Settings
+from bot.settings import CallbackKeys, Settings
 
 PAGE = Path(__file__).with_name("page.html")
+REP_PAGE = Path(__file__).with_name("rep_page.html")
 SANDBOX_KF_ACCOUNT = "wkSandboxKf"
+TRANSCRIPT_LINES = 20  # of a kf customer's session, on the rep page
 
 
 def fake_for(settings: Settings) -> FakeWeChat:
@@ -56,26 +65,40 @@ class Simulator:
 
     async def contact_adds(self, bot_url: str, user: str, rep: str, state: str = "") -> int:
         """The customer adds `rep` as a WeCom contact (through a channel QR with `state`), with a WelcomeCode."""
-        keys = self.settings.wecom.contacts
-        corp_id = self.settings.wecom.corp_id
-        xml = wechat_side.contact_event_xml(corp_id, "add_external_contact", rep, user, state=state,
-                                            welcome_code=self.fake.issue_welcome_code(user))
-        signed = wechat_side.sign_wecom(
-            keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(), corp_id, xml
-        )
-        return await self._post(f"{bot_url}/wecom/contacts/callback", signed)
+        xml = wechat_side.contact_event_xml(self.settings.wecom.corp_id, "add_external_contact", rep, user,
+                                            state=state, welcome_code=self.fake.issue_welcome_code(user))
+        return await self._post_wecom(bot_url, "contacts", self.settings.wecom.contacts, xml)
+
+    async def rep_says(self, bot_url: str, rep: str, text: str) -> int:
+        """A rep types in the self-built app: a command to the bot (接 42, 放 42, 列表…)."""
+        app = self.settings.wecom.app
+        xml = wechat_side.app_text_xml(self.settings.wecom.corp_id, rep, text, app.agent_id)
+        return await self._post_wecom(bot_url, "app", app, xml)
+
+    async def rep_answers(self, bot_url: str, rep: str, user: str, text: str, open_kfid: str = SANDBOX_KF_ACCOUNT
+                          ) -> int:
+        """The rep serving a kf customer answers in WeCom's kf workspace (KfSessionError if they do not serve them)."""
+        self.fake.add_kf_servicer_text(open_kfid, user, rep, text)
+        return await self._kf_notify(bot_url, open_kfid)
+
+    async def rep_ends(self, bot_url: str, rep: str, user: str, open_kfid: str = SANDBOX_KF_ACCOUNT) -> int:
+        """The rep ends the kf session in the workspace: the customer's next message goes to the bot."""
+        self.fake.end_kf_session(open_kfid, user, rep)
+        return await self._kf_notify(bot_url, open_kfid)
 
     async def oa_unsubscribes(self, bot_url: str, openid: str) -> int:
         xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "unsubscribe")
         return await self._post_oa(bot_url, xml)
 
-    async def _kf_notify(self, bot_url: str) -> int:
-        keys = self.settings.wecom.kf
-        xml = wechat_side.kf_notification_xml(self.settings.wecom.corp_id, SANDBOX_KF_ACCOUNT, secrets.token_hex(8))
-        signed = wechat_side.sign_wecom(
-            keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(), self.settings.wecom.corp_id, xml
-        )
-        return await self._post(f"{bot_url}/wecom/kf/callback", signed)
+    async def _kf_notify(self, bot_url: str, open_kfid: str = SANDBOX_KF_ACCOUNT) -> int:
+        xml = wechat_side.kf_notification_xml(self.settings.wecom.corp_id, open_kfid, secrets.token_hex(8))
+        return await self._post_wecom(bot_url, "kf", self.settings.wecom.kf, xml)
+
+    async def _post_wecom(self, bot_url: str, channel: str, keys: CallbackKeys, xml: str) -> int:
+        corp_id = self.settings.wecom.corp_id
+        signed = wechat_side.sign_wecom(keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(),
+                                        corp_id, xml)
+        return await self._post(f"{bot_url}/wecom/{channel}/callback", signed)
 
     async def _post_oa(self, bot_url: str, xml: str) -> int:
         oa = self.settings.oa
@@ -90,9 +113,42 @@ class Simulator:
 
     def conversation(self, user: str) -> list[dict[str, Any]]:
         return [
-            {"text": sent.text, "via": sent.path, "at": sent.at, "menu": _menu_of(sent.body)}
+            {"text": sent.text, "via": sent.path, "at": sent.at, "menu": _menu_of(sent.body),
+             "rep": str(sent.body.get("servicer_userid", "")) if sent.path == SERVICER_PATH else ""}
             for sent in self.fake.messages_to(user)
         ]
+
+    def rep_inbox(self, rep: str) -> dict[str, Any]:
+        """What the rep sees: the bot's app messages to them, and the kf customers they serve."""
+        messages = [
+            {"at": sent.at, **_app_message(sent.body)}
+            for sent in self.fake.sent
+            if sent.path == "message/send" and rep in str(sent.body.get("touser", "")).split("|")
+        ]
+        sessions = [
+            {"open_kfid": open_kfid, "user": user, "transcript": self._transcript(open_kfid, user)}
+            for (open_kfid, user), state in self.fake.service_states.items()
+            if state == SERVED and self.fake.servicers.get((open_kfid, user)) == rep
+        ]
+        return {"messages": messages, "sessions": sessions}
+
+    def _transcript(self, open_kfid: str, user: str) -> list[dict[str, str]]:
+        """The customer's and the reps' texts in the session, as the kf workspace shows them."""
+        lines = [
+            {"who": "rep" if item["origin"] == 5 else "customer", "text": str(item["text"].get("content", ""))}
+            for item in self.fake.kf_messages.get(open_kfid, [])
+            if item.get("external_userid") == user and item.get("msgtype") == "text" and item.get("origin") in (3, 5)
+        ]
+        return lines[-TRANSCRIPT_LINES:]
+
+
+def _app_message(body: dict[str, Any]) -> dict[str, str]:
+    """A textcard's title and its description as plain text (WeCom renders its <div> lines), or a text."""
+    card = body.get("textcard")
+    if isinstance(card, dict):
+        description = re.sub(r"</div>\s*|<br\s*/?>", "\n", str(card.get("description", "")))
+        return {"title": str(card.get("title", "")), "text": html.unescape(re.sub(r"<[^>]+>", "", description)).strip()}
+    return {"title": "", "text": str((body.get("text") or {}).get("content", ""))}
 
 
 def _menu_of(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -105,10 +161,14 @@ SIMULATOR = web.AppKey("sandbox_simulator", Simulator)
 
 
 def add_sandbox_routes(app: web.Application) -> None:
-    """The chat page at /sandbox and the two calls it makes."""
+    """The chat page at /sandbox, the rep page at /sandbox/rep, and the calls they make."""
     app.router.add_get("/sandbox", _page)
     app.router.add_post("/sandbox/say", _say)
     app.router.add_get("/sandbox/messages", _messages)
+    app.router.add_get("/sandbox/rep", _rep_page)
+    app.router.add_get("/sandbox/rep/inbox", _rep_inbox)
+    app.router.add_post("/sandbox/rep/say", _rep_say)
+    app.router.add_post("/sandbox/rep/kf", _rep_kf)
 
 
 async def _page(_request: web.Request) -> web.Response:
@@ -136,3 +196,39 @@ async def _say(request: web.Request) -> web.Response:
 async def _messages(request: web.Request) -> web.Response:
     user = request.query.get("user", "")
     return web.json_response({"messages": request.app[SIMULATOR].conversation(user)})
+
+
+async def _rep_page(_request: web.Request) -> web.Response:
+    return web.Response(text=REP_PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+
+async def _rep_inbox(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIMULATOR].rep_inbox(request.query.get("rep", "")))
+
+
+async def _rep_say(request: web.Request) -> web.Response:
+    data = await request.json()
+    rep, text = str(data.get("rep") or "").strip()[:64], str(data.get("text") or "").strip()[:2000]
+    if not rep or not text:
+        return web.json_response({"error": "need rep and text"}, status=400)
+    status = await request.app[SIMULATOR].rep_says(str(request.url.origin()), rep, text)
+    return web.json_response({"callback_status": status})
+
+
+async def _rep_kf(request: web.Request) -> web.Response:
+    """The rep answers a kf customer they serve (action "answer", with text) or ends the session ("end")."""
+    simulator, data = request.app[SIMULATOR], await request.json()
+    rep, user = str(data.get("rep") or "").strip()[:64], str(data.get("user") or "").strip()[:64]
+    text, action = str(data.get("text") or "").strip()[:2000], data.get("action")
+    open_kfid = str(data.get("open_kfid") or SANDBOX_KF_ACCOUNT)[:64]
+    if not rep or not user or action not in ("answer", "end") or (action == "answer" and not text):
+        return web.json_response({"error": "need rep, user and action answer (with text) or end"}, status=400)
+    bot_url = str(request.url.origin())
+    try:
+        if action == "answer":
+            status = await simulator.rep_answers(bot_url, rep, user, text, open_kfid)
+        else:
+            status = await simulator.rep_ends(bot_url, rep, user, open_kfid)
+    except KfSessionError as exc:
+        return web.json_response({"error": str(exc)}, status=409)
+    return web.json_response({"callback_status": status})

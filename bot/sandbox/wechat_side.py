@@ -66,6 +66,21 @@ def contact_event_xml(
     return _xml(fields)
 
 
+def app_text_xml(corp_id: str, userid: str, text: str, agent_id: int, msg_id: int | None = None) -> str:
+    """A rep's text message in the self-built app, as WeCom posts it to the app's callback URL."""
+    return _xml(
+        {
+            "ToUserName": corp_id,
+            "FromUserName": userid,
+            "CreateTime": int(time.time()),
+            "MsgType": "text",
+            "Content": text,
+            "MsgId": msg_id if msg_id is not None else secrets.randbits(62),
+            "AgentID": agent_id,
+        }
+    )
+
+
 def oa_text_xml(oa_id: str, openid: str, text: str, msg_id: int | None = None) -> str:
     return _xml(
         {

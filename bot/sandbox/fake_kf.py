@@ -1,0 +1,264 @@
+"""微信客服 (kf) on WeCom's side, for the fake API: sessions, their states, and the messages in them.
+
+WeCom keeps one session per (open_kfid, external_userid), in one of five states:
+
+    0 new (未处理)   1 the bot (智能助手)   2 queued (待接入池)   3 a rep (人工接待)   4 ended (已结束/未开始)
+
+`kf/service_state/trans` moves it only 0→1/2/3/4, 1→1/2/3/4, 2→2/3/4, 3→3/4 and never out
+of 4 (errcode 95016); state 3 needs a `servicer_userid` (95014). `kf/send_msg` writes only in
+states 0 and 1 (95018, "send msg session status invalid", what WeCom answers while a rep
+serves). A session this fake has not seen is with the bot (1). A rep answers in WeCom's kf
+workspace (`add_kf_servicer_text`: an origin-5 message in `kf/sync_msg`, shown to the
+customer) or ends the session there (`end_kf_session`: state 4 and a `session_status_change`
+event, change_type 3); the customer's next message opens a new session (0). Every move is
+kept in `kf_state_moves`. Handlers answer with the reply's fields or raise `ApiRefusal`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+NEW, BOT, QUEUED, SERVED, ENDED = 0, 1, 2, 3, 4
+KF_MOVES: dict[int, frozenset[int]] = {
+    NEW: frozenset({BOT, QUEUED, SERVED, ENDED}),
+    BOT: frozenset({BOT, QUEUED, SERVED, ENDED}),
+    QUEUED: frozenset({QUEUED, SERVED, ENDED}),
+    SERVED: frozenset({SERVED, ENDED}),
+    ENDED: frozenset(),
+}
+KF_WRITABLE = frozenset({NEW, BOT})  # kf/send_msg: "新接入待处理" or "由智能助手接待" only
+SESSION_ENDED = 3  # session_status_change.change_type: the rep ended the session
+SERVICER_PATH = "kf/servicer"  # Sent.path of a rep's message from the kf workspace (not an API call)
+KF_SCENE = re.compile(r"[0-9a-zA-Z_-]{0,32}")
+
+
+class ApiRefusal(Exception):
+    """WeCom refuses the call: the fake's HTTP layer answers {"errcode": …, "errmsg": …}."""
+
+    def __init__(self, errcode: int, errmsg: str = "") -> None:
+        super().__init__(f"errcode {errcode} {errmsg}".strip())
+        self.errcode = errcode
+        self.errmsg = errmsg
+
+
+class KfSessionError(ValueError):
+    """A rep acted on a kf session that is not theirs: WeCom's workspace would not let them."""
+
+
+@dataclass
+class Sent:
+    path: str
+    body: dict[str, Any]
+    at: float = field(default_factory=time.time)
+
+    @property
+    def to(self) -> str:
+        return str(self.body.get("touser") or self.body.get("code") or self.body.get("welcome_code") or "")
+
+    @property
+    def text(self) -> str:
+        for key in ("text", "msgmenu", "textcard"):
+            part = self.body.get(key)
+            if isinstance(part, dict):
+                return str(part.get("content") or part.get("head_content") or part.get("title") or "")
+        return ""
+
+
+@dataclass(frozen=True)
+class KfMove:
+    open_kfid: str
+    external_userid: str
+    from_state: int
+    to_state: int
+    servicer_userid: str = ""
+    by: str = "api"  # api (kf/service_state/trans), servicer (the kf workspace), customer (a new session)
+
+
+class FakeKf:
+    """The kf part of the fake API, and the record of what the bot sent (`sent`, `messages_to`)."""
+
+    def __init__(self) -> None:
+        self.kf_messages: dict[str, list[dict[str, Any]]] = {}  # open_kfid -> what kf/sync_msg returns
+        self.sent: list[Sent] = []  # what the bot sent, in order
+        self.servicer_sent: list[Sent] = []  # what reps wrote to kf customers in the workspace
+        self.seen_msgids: set[str] = set()
+        self.welcome_codes: dict[str, str] = {}  # code -> external_userid, until used
+        self.kf_links: list[dict[str, Any]] = []  # kf/add_contact_way: open_kfid, scene, url
+        self.service_states: dict[tuple[str, str], int] = {}  # (open_kfid, external_userid) -> state
+        self.servicers: dict[tuple[str, str], str] = {}  # the rep of a session in state 3
+        self.kf_state_moves: list[KfMove] = []
+        self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
+        self._ids = itertools.count(1)
+
+    # --- what a test or the sandbox page does --------------------------------------------
+    def add_kf_text(self, open_kfid: str, external_userid: str, text: str, menu_id: str = "") -> str:
+        """The customer writes; after an ended session this opens a new one (state 0)."""
+        if self.kf_state(open_kfid, external_userid)[0] == ENDED:
+            self._move(open_kfid, external_userid, NEW, by="customer")
+        content = {"content": text, **({"menu_id": menu_id} if menu_id else {})}
+        return self._add_kf(open_kfid, {"origin": 3, "external_userid": external_userid, "msgtype": "text", "text": content})
+
+    def add_kf_enter_session(self, open_kfid: str, external_userid: str, scene_param: str = "") -> str:
+        code = self.issue_welcome_code(external_userid)
+        event = {
+            "event_type": "enter_session",
+            "open_kfid": open_kfid,
+            "external_userid": external_userid,
+            "scene": "sandbox",
+            "scene_param": scene_param,
+            "welcome_code": code,
+        }
+        self._add_kf(open_kfid, {"origin": 4, "msgtype": "event", "event": event})
+        return code
+
+    def add_kf_servicer_text(self, open_kfid: str, external_userid: str, servicer_userid: str, text: str) -> str:
+        """The rep serving the session answers in the kf workspace: origin 5 in sync_msg, and the customer sees it."""
+        self._check_servicer(open_kfid, external_userid, servicer_userid)
+        item = {"origin": 5, "external_userid": external_userid, "servicer_userid": servicer_userid,
+                "msgtype": "text", "text": {"content": text}}
+        msgid = self._add_kf(open_kfid, item)
+        body = {"touser": external_userid, "open_kfid": open_kfid, "msgid": msgid, **item}
+        self.servicer_sent.append(Sent(SERVICER_PATH, body))
+        return msgid
+
+    def end_kf_session(self, open_kfid: str, external_userid: str, servicer_userid: str) -> str:
+        """The rep ends the session in the workspace: state 4, and sync_msg carries session_status_change 3."""
+        self._check_servicer(open_kfid, external_userid, servicer_userid)
+        self._move(open_kfid, external_userid, ENDED, by="servicer")
+        event = {
+            "event_type": "session_status_change",
+            "open_kfid": open_kfid,
+            "external_userid": external_userid,
+            "change_type": SESSION_ENDED,
+            "old_servicer_userid": servicer_userid,
+            "msg_code": self.issue_welcome_code(external_userid),  # for an end message by kf/send_msg_on_event
+        }
+        return self._add_kf(open_kfid, {"origin": 4, "msgtype": "event", "event": event})
+
+    def kf_state(self, open_kfid: str, external_userid: str) -> tuple[int, str]:
+        """The session's state and, in state 3, its rep."""
+        key = (open_kfid, external_userid)
+        state = self.service_states.get(key, BOT)
+        return state, self.servicers.get(key, "") if state == SERVED else ""
+
+    def issue_welcome_code(self, external_userid: str) -> str:
+        code = secrets.token_urlsafe(16)
+        self.welcome_codes[code] = external_userid
+        return code
+
+    def messages_to(self, user: str) -> list[Sent]:
+        """What `user` received: from the bot, and in kf from a rep in the workspace, oldest first."""
+        received = [sent for sent in self.sent if sent.to == user or sent.body.get("_to") == user]
+        from_reps = [sent for sent in self.servicer_sent if sent.to == user]
+        return sorted(received + from_reps, key=lambda sent: sent.at) if from_reps else received
+
+    # --- the HTTP side -------------------------------------------------------------------
+    def kf_routes(self) -> dict[str, Any]:
+        return {
+            "kf/sync_msg": self.kf_sync_msg,
+            "kf/send_msg": self.kf_send_msg,
+            "kf/send_msg_on_event": self.kf_send_msg_on_event,
+            "kf/service_state/get": self.kf_service_state_get,
+            "kf/service_state/trans": self.kf_service_state_trans,
+            "kf/add_contact_way": self.kf_add_contact_way,
+        }
+
+    async def kf_sync_msg(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        messages = self.kf_messages.get(str(body.get("open_kfid", "")), [])
+        start = int(body.get("cursor") or 0)
+        limit = min(self.page_limit, int(body.get("limit") or 1000))
+        page = messages[start : start + limit]
+        end = start + len(page)
+        return {"next_cursor": str(end), "has_more": int(end < len(messages)), "msg_list": page}
+
+    async def kf_send_msg(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        open_kfid, user = _session_of(body, "touser")
+        if self.kf_state(open_kfid, user)[0] not in KF_WRITABLE:
+            raise ApiRefusal(95018)  # a rep serves, the session waits in the queue, or it ended
+        return {"msgid": self._deliver("kf/send_msg", body)}
+
+    async def kf_send_msg_on_event(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        user = self.welcome_codes.pop(str(body.get("code", "")), None)
+        if user is None:
+            raise ApiRefusal(95018, "send msg code is invalid")  # unknown, expired or already used
+        return {"msgid": self._deliver("kf/send_msg_on_event", {**body, "_to": user})}
+
+    async def kf_service_state_get(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        state, servicer = self.kf_state(*_session_of(body, "external_userid"))
+        return {"service_state": state, "servicer_userid": servicer}
+
+    async def kf_service_state_trans(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        """A move WeCom allows, recorded in `kf_state_moves` (and `sent`); msg_code for the reply or end message."""
+        open_kfid, user = _session_of(body, "external_userid")
+        target, servicer = body.get("service_state"), str(body.get("servicer_userid") or "")
+        if not isinstance(target, int) or target not in KF_MOVES:
+            raise ApiRefusal(40058)
+        current = self.kf_state(open_kfid, user)[0]
+        if target not in KF_MOVES[current]:
+            raise ApiRefusal(95016)
+        if target == SERVED and not servicer:
+            raise ApiRefusal(95014)
+        self._move(open_kfid, user, target, servicer if target == SERVED else "")
+        first = target == ENDED or (target in (QUEUED, SERVED) and current not in (QUEUED, SERVED))
+        self._deliver("kf/service_state/trans", body)
+        return {"msg_code": self.issue_welcome_code(user) if first else ""}
+
+    async def kf_add_contact_way(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        """A link to a kf account; `scene` ≤ 32 bytes of [0-9a-zA-Z_-]."""
+        open_kfid = str(body.get("open_kfid") or "")
+        if not open_kfid:
+            raise ApiRefusal(95000)
+        scene = str(body.get("scene") or "")
+        if not KF_SCENE.fullmatch(scene):
+            raise ApiRefusal(40058)
+        url = f"https://work.weixin.qq.com/kfid/{open_kfid}?enc_scene={secrets.token_urlsafe(9)}"
+        self.kf_links.append({"open_kfid": open_kfid, "scene": scene, "url": url})
+        return {"url": url}
+
+    # --- inside --------------------------------------------------------------------------
+    def _check_servicer(self, open_kfid: str, external_userid: str, servicer_userid: str) -> None:
+        state, servicer = self.kf_state(open_kfid, external_userid)
+        if state != SERVED or servicer != servicer_userid:
+            serving = f"state {state}" + (f", served by {servicer}" if servicer else "")
+            raise KfSessionError(f"{servicer_userid} does not serve {external_userid} in {open_kfid} ({serving})")
+
+    def _move(self, open_kfid: str, external_userid: str, to: int, servicer: str = "", by: str = "api") -> None:
+        key = (open_kfid, external_userid)
+        self.kf_state_moves.append(KfMove(open_kfid, external_userid, self.kf_state(*key)[0], to, servicer, by))
+        self.service_states[key] = to
+        if to == SERVED:
+            self.servicers[key] = servicer
+        else:
+            self.servicers.pop(key, None)
+
+    def _add_kf(self, open_kfid: str, item: dict[str, Any]) -> str:
+        msgid = f"fake{next(self._ids)}"
+        self.kf_messages.setdefault(open_kfid, []).append(
+            {"msgid": msgid, "open_kfid": open_kfid, "send_time": int(time.time()), **item}
+        )
+        return msgid
+
+    def _deliver(self, path: str, body: dict[str, Any]) -> str:
+        """Record what the bot sent; a repeated msgid is acknowledged, not delivered again."""
+        msgid = str(body.get("msgid") or f"auto{next(self._ids)}")
+        if msgid not in self.seen_msgids:
+            self.seen_msgids.add(msgid)
+            self.sent.append(Sent(path, body))
+        return msgid
+
+
+def _session_of(body: dict[str, Any], user_key: str) -> tuple[str, str]:
+    """The (open_kfid, external_userid) a kf call names: 95000 without the account, 40003 without the customer."""
+    open_kfid, user = str(body.get("open_kfid") or ""), str(body.get(user_key) or "")
+    if not open_kfid:
+        raise ApiRefusal(95000)
+    if not user:
+        raise ApiRefusal(40003)
+    return open_kfid, user
