@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from bot.events import InboundEvent, Reply
+from bot.events import InboundEvent, KfState, Reply, ToRep
 
 # kind -> (credential name, API path, safe to resend after a crash mid-send)
 OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
@@ -22,6 +22,8 @@ OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
     "contacts.mark_tag": ("wecom.contacts", "externalcontact/mark_tag", True),  # sets tags: repeatable
     "oa.custom_send": ("oa", "message/custom/send", False),  # no idempotency key: never resent blindly
     "app.message_send": ("wecom.app", "message/send", True),  # enable_duplicate_check
+    "kf.service_state_trans": ("wecom.kf", "kf/service_state/trans", True),  # the same move twice is harmless
+    "contacts.transfer_resigned": ("wecom.contacts", "externalcontact/resigned/transfer_customer", True),  # 离职继承
 }
 
 
@@ -93,6 +95,46 @@ def notify_call(reach: dict[str, Any], text: str, agent_id: int = 0, now: float 
     event = InboundEvent(channel=channel, kind="message", dedup_key="", sender=str(reach.get("sender", "")),
                          account=str(reach.get("account", "")))
     return reply_call(event, Reply(text), first=False, agent_id=agent_id), ""
+
+
+def rep_call(message: ToRep, agent_id: int) -> OutboundCall:
+    """A textcard (description at most 512 bytes, WeCom's limit) or a text to a rep in the self-built app."""
+    body: dict[str, Any] = {"touser": message.userid, "agentid": agent_id, "enable_duplicate_check": 1,
+                            "duplicate_check_interval": 1800}
+    if message.title:
+        card = {"title": message.title[:128], "description": _clip_bytes(message.text, 512),
+                "url": message.url or "https://work.weixin.qq.com", "btntxt": "详情"}
+        return OutboundCall("app.message_send", {**body, "msgtype": "textcard", "textcard": card})
+    return OutboundCall("app.message_send", {**body, "msgtype": "text", "text": {"content": message.text}})
+
+
+def kf_state_call(move: KfState) -> OutboundCall:
+    body: dict[str, Any] = {"open_kfid": move.open_kfid, "external_userid": move.external_userid,
+                            "service_state": move.state}
+    if move.servicer:
+        body["servicer_userid"] = move.servicer
+    if move.farewell:
+        body[FAREWELL] = move.farewell
+    return OutboundCall("kf.service_state_trans", body)
+
+
+FAREWELL = "_farewell"  # a payload key the sender removes: text to send with the move's msg_code
+SAME_STATE = 95016  # kf/service_state/trans: a move WeCom does not allow, e.g. ending an ended session again
+
+
+def farewell_call(payload: dict[str, Any], response: dict[str, Any]) -> OutboundCall | None:
+    """After a kf session move: the message to send with its msg_code, if one was asked for and given."""
+    text, code = str(payload.get(FAREWELL, "")), str(response.get("msg_code", ""))
+    if not (text and code):
+        return None
+    return OutboundCall("kf.send_msg_on_event", {"code": code, "msgtype": "text", "text": {"content": text}})
+
+
+def _clip_bytes(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "…"
 
 
 def _kf_content(reply: Reply) -> dict[str, Any]:

@@ -19,6 +19,8 @@ Channel = Literal["kf", "contacts", "app", "oa"]
 #   subscribe      OA follow (scene = qrscene code), scan (SCAN), unsubscribe, menu_click
 #   kf_sync        a kf_msg_or_event notification: pull new messages for one kf account
 #   timer          not from WeChat: a waiting conversation's timer fired (the waker)
+#   rep_message    a rep wrote to the customer in the kf workspace (sync_msg origin 5; extra.servicer)
+#   session_ended  the kf session was ended by the rep or by WeCom (session_status_change)
 EventKind = Literal[
     "message",
     "enter_session",
@@ -32,6 +34,8 @@ EventKind = Literal[
     "menu_click",
     "kf_sync",
     "timer",
+    "rep_message",
+    "session_ended",
     "other",
 ]
 
@@ -121,4 +125,31 @@ class Notify:
     reason: str = ""  # what the notification is about, for the timeline: group.filled, reward.granted…
 
 
-Effect = Reply | Note | Notify
+@dataclass(frozen=True)
+class ToRep:
+    """A WeCom app message to a rep: a textcard when it has a title, plain text otherwise."""
+
+    userid: str
+    text: str
+    title: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class KfState:
+    """Change a kf session's state (kf/service_state/trans): 3 hands it to `servicer`, 4 ends it.
+
+    WeCom allows 3 → 3 (another rep) and 3 → 4 only, so the bot gets a customer back by
+    ending the rep's session; their next message opens a new one, which the bot answers.
+    """
+
+    customer_id: int
+    open_kfid: str
+    external_userid: str
+    state: int
+    servicer: str = ""
+    farewell: str = ""  # said with the msg_code the move returns (kf/send_msg_on_event): the API may not write otherwise
+
+
+Effect = Reply | Note | Notify | ToRep | KfState
+SideEffect = Notify | ToRep | KfState  # effects outside the customer's own turn: no reply to an event

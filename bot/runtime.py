@@ -18,9 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.conversation import Conversation
 from bot.growth_jobs import GrowthJobs
+from bot.handoff_desk import HandoffDesk
+from bot.handoff_jobs import HandoffJobs
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner
+from bot.rep_commands import RepCommands
 from bot.sender import OutboxSender
 from bot.settings import Settings
 from bot.waker import Waker
@@ -58,6 +61,7 @@ class Runtime:
     sender: OutboxSender
     waker: Waker | None = None  # when the flow engine is the conversation
     growth_jobs: GrowthJobs | None = None  # likewise
+    handoff_jobs: HandoffJobs | None = None  # likewise
     managed_rasa: ManagedRasa | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     scheduler: AsyncIOScheduler | None = None
@@ -79,15 +83,18 @@ class Runtime:
         )
         await nlu.start()
         worker_settings = settings.worker
-        waker = growth_jobs = None
+        waker = growth_jobs = handoff_jobs = rep_commands = None
         if conversation is None:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
             lifecycle = Lifecycle(settings.lifecycle)
             growth = Growth(settings.growth, lifecycle)
             hooks = growth_hooks.register(Hooks(), growth)
-            flow_engine = FlowEngine(settings.flows, lifecycle, ReleaseCache(settings.lifecycle), hooks)
+            desk = HandoffDesk(settings.handoff, lifecycle)
+            rep_commands = RepCommands(desk)
+            flow_engine = FlowEngine(settings.flows, lifecycle, ReleaseCache(settings.lifecycle), hooks, desk)
             agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
+            handoff_jobs = HandoffJobs(sessions, desk, interval_s, agent_id)
             waker = Waker(sessions, flow_engine, interval_s, agent_id)
             growth_jobs = GrowthJobs(sessions, growth, apis["wecom.contacts"], interval_s, agent_id)
             conversation = flow_engine
@@ -101,6 +108,7 @@ class Runtime:
             worker_settings.max_attempts,
             worker_settings.retry_base_s,
             settings.wecom.app.agent_id,
+            rep_commands,
         )
         sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s)
         inbox = QueueRunner(
@@ -114,11 +122,11 @@ class Runtime:
         puller.on_new_events = inbox.wake
         worker.on_outbox = outbox.wake
         sender.on_rate_limited = outbox.pause
-        if waker is not None and growth_jobs is not None:
-            waker.on_outbox = growth_jobs.on_outbox = outbox.wake
+        if waker is not None and growth_jobs is not None and handoff_jobs is not None:
+            waker.on_outbox = growth_jobs.on_outbox = handoff_jobs.on_outbox = outbox.wake
         return cls(
             settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, growth_jobs,
-            managed_rasa,
+            handoff_jobs, managed_rasa,
         )
 
     def start_background(self) -> None:
@@ -131,6 +139,8 @@ class Runtime:
             self.scheduler = AsyncIOScheduler(timezone="UTC")  # the clock only: jobs read what is due from the store
             self.waker.schedule(self.scheduler)
             self.growth_jobs.schedule(self.scheduler)
+            if self.handoff_jobs is not None:
+                self.handoff_jobs.schedule(self.scheduler)
             self.scheduler.start()
 
     async def drain(self) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
 from bot.corp_tags import CorpTags
-from bot.delivery import OUTBOX_KINDS, too_late, with_idempotency_key
+from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, farewell_call, too_late, with_idempotency_key
 from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
 from crm_store import work_queue
 from crm_store.models import OutboxItem
@@ -70,8 +70,15 @@ class OutboxSender:
             if item.kind in self.prepare:
                 payload = await self.prepare[item.kind](body)
             if payload is not None:
-                await self.apis[credential].post(path, with_idempotency_key(item.kind, payload, item.id))
+                body = {key: value for key, value in payload.items() if key != FAREWELL}
+                response = await self.apis[credential].post(path, with_idempotency_key(item.kind, body, item.id))
+                farewell = farewell_call(payload, response)
+                if farewell is not None:  # the customer's last word of a kf session with a rep
+                    await self.apis[credential].post("kf/send_msg_on_event", farewell.payload)
         except ApiError as exc:
+            if item.kind == "kf.service_state_trans" and exc.errcode == SAME_STATE and item.attempts > 1:
+                await self._close(item, "done", "already moved (resent after an interrupted attempt)")
+                return
             if not idempotent and not exc.refused:
                 await self._close(item, "failed", f"outcome unknown ({exc.errmsg}); not resent")
                 return

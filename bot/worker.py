@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
 from bot.conversation import Conversation, TurnContext
-from bot.delivery import REACHABLE_AFTER, notify_call, reply_call
-from bot.events import Effect, InboundEvent, Note, Notify, Reply
+from bot.delivery import REACHABLE_AFTER, kf_state_call, notify_call, rep_call, reply_call
+from bot.events import Effect, InboundEvent, Note, Notify, Reply, SideEffect, ToRep
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from crm_store import work_queue
@@ -28,6 +28,7 @@ from crm_store.models import Customer, InboxItem, OutboxItem
 from crm_store.work_queue import ClaimLost
 
 if TYPE_CHECKING:
+    from bot.rep_commands import RepCommands
     from nlu.client import Intent
 
 log = logging.getLogger("scrm.worker")
@@ -50,6 +51,7 @@ class InboxWorker:
         max_attempts: int,
         retry_base_s: float,
         app_agent_id: int = 0,
+        rep_commands: RepCommands | None = None,
     ) -> None:
         self.sessions = sessions
         self.conversation = conversation
@@ -59,6 +61,7 @@ class InboxWorker:
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.app_agent_id = app_agent_id
+        self.rep_commands = rep_commands
         self.on_outbox: Callable[[], None] = lambda: None
         self.processed = 0
         self._known_identities: OrderedDict[str, None] = OrderedDict()  # identities never disappear
@@ -69,7 +72,7 @@ class InboxWorker:
             if event.kind == "kf_sync":
                 await self.kf_puller.pull(item, event)
             elif event.channel == "app":
-                await self._finish_only(item, event)
+                await self._rep_event(item, event)
             else:
                 await self._handle_customer_event(item, event)
         except ClaimLost:
@@ -111,10 +114,17 @@ class InboxWorker:
         if len(self._known_identities) > KNOWN_IDENTITIES_REMEMBERED:
             self._known_identities.popitem(last=False)
 
-    async def _finish_only(self, item: InboxItem, event: InboundEvent) -> None:
+    async def _rep_event(self, item: InboxItem, event: InboundEvent) -> None:
+        """A rep wrote in the self-built app: a command (take, release, note, reply), answered in the app."""
         log.info("worker.app_event sender=%s kind=%s", event.sender, event.kind)
+        wrote = 0
         async with self.sessions() as session, session.begin():
+            if self.rep_commands is not None:
+                for effect in await self.rep_commands.handle(session, event):
+                    wrote += await write_side_effect(session, f"{item.dedup_key}#{wrote}", effect, self.app_agent_id)
             await work_queue.finish(session, item)
+        if wrote:
+            self.on_outbox()
 
     async def _retry_or_fail(self, item: InboxItem, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:1000]
@@ -148,10 +158,9 @@ async def write_effects(
         if isinstance(effect, Note):
             await record(session, customer.id, effect.kind, effect.data)
             continue
-        if isinstance(effect, Notify):
-            queued += await write_notification(session, f"{origin_key}#{queued}", effect, agent_id)
+        if not isinstance(effect, Reply):
+            queued += await write_side_effect(session, f"{origin_key}#{queued}", effect, agent_id)
             continue
-        assert isinstance(effect, Reply)
         call = reply_call(event, effect, first=replies == 0, agent_id=agent_id)
         if call is None:
             await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
@@ -169,6 +178,20 @@ async def write_effects(
         replies += 1
         queued += 1
     return queued
+
+
+async def write_side_effect(session: AsyncSession, dedup_key: str, effect: SideEffect,
+                            agent_id: int = 0) -> int:
+    """An effect that is not a reply in the customer's own turn: its outbox row (or why none); rows written."""
+    if isinstance(effect, Notify):
+        return await write_notification(session, dedup_key, effect, agent_id)
+    if isinstance(effect, ToRep):
+        call, queue_key, customer_id = rep_call(effect, agent_id), f"rep:{effect.userid}", None
+    else:
+        call, queue_key, customer_id = kf_state_call(effect), f"customer:{effect.customer_id}", effect.customer_id
+    session.add(OutboxItem(dedup_key=dedup_key, queue_key=queue_key, kind=call.kind, payload=call.payload,
+                           customer_id=customer_id))
+    return 1
 
 
 async def write_notification(session: AsyncSession, dedup_key: str, notify: Notify, agent_id: int = 0) -> int:

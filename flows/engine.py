@@ -1,9 +1,11 @@
 """The flow engine: the conversation layer the inbox worker calls for every customer event.
 
+    a person has the customer (an open handoff)? then silence →
     lifecycle events (owner, churn, return) → intent counting and tag rules →
     the running conversation (resume it, or let a stronger trigger interrupt it) →
     or the flow a trigger starts → or the fallback flow → signals (tags added,
-    stages entered) may start a flow when none is running.
+    stages entered) may start a flow when none is running → does the turn call for a
+    person (the handoff desk)?
 
 Everything happens in the worker's transaction: the conversation row, tags, stages
 and the replies are committed together or not at all. A conversation keeps the
@@ -35,6 +37,8 @@ from flows.settings import FlowSettings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from bot.handoff_desk import HandoffDesk
+
 log = logging.getLogger("scrm.flows")
 
 LEAVING = frozenset({"unsubscribe", "contact_removed", "contact_lost"})
@@ -51,8 +55,10 @@ class FlowEngine:
         lifecycle: stages.Lifecycle,
         releases: ReleaseCache,
         hooks: Hooks | None = None,
+        desk: HandoffDesk | None = None,
     ) -> None:
         self.settings = settings
+        self.desk = desk
         self.lifecycle = lifecycle
         self.releases = releases
         self.hooks = hooks or Hooks()
@@ -72,6 +78,8 @@ class FlowEngine:
         turn = Turn(session, event, customer, context.intent, self.lifecycle)
         if context.is_new_customer and customer.stage != self.lifecycle.initial:
             customer.stage = self.lifecycle.initial
+        if self.desk is not None and await self.desk.holds(turn):
+            return turn.effects  # a person has the customer: the bot stays silent
         conversation = await active_conversation(session, customer.id)
         if event.kind in LEAVING:
             await self._customer_left(turn, conversation)
@@ -81,6 +89,8 @@ class FlowEngine:
             requested = await self._customer_arrived(turn, flows)
         await self._run(turn, conversation, release_id, flows, requested)
         await self._follow_signals(turn, release_id, flows)
+        if self.desk is not None:
+            await self.desk.after_turn(turn)
         return turn.effects
 
     # ------------------------------------------------------------ the turn
@@ -105,7 +115,9 @@ class FlowEngine:
             if match is not None and self._interrupts(turn, conversation, pinned, match.flow):
                 self._end(turn, conversation, f"interrupted:{match.flow.id}")
             elif is_message:
-                if await self._resume(turn, conversation, pinned):
+                retries = conversation.retries
+                if await self._resume(turn, conversation, pinned):  # a fallback asking again did not understand
+                    turn.fell_back = conversation.flow_id == self.settings.fallback_flow and conversation.retries > retries
                     return
                 self._end(turn, conversation, "not_answered")
             else:
@@ -113,6 +125,7 @@ class FlowEngine:
         if match is None and is_message:
             fallback = flows.flows.get(self.settings.fallback_flow)
             match = Match(fallback, None, 0.0) if fallback else None
+            turn.fell_back = match is not None
         if match is not None:
             await self._start(turn, match, release_id, flows)
 
@@ -153,6 +166,8 @@ class FlowEngine:
         current = await self.releases.current(session)
         if current is not None:
             await self._follow_signals(turn, *current)
+        if self.desk is not None and turn.handoff:
+            await self.desk.after_turn(turn)
         return turn.effects
 
     async def _follow_signals(self, turn: Turn, release_id: int, flows: FlowSet) -> None:
@@ -272,6 +287,7 @@ class FlowEngine:
         conversation.flow_version = self._version(pos.flow.id, pos.release_id)
         conversation.step_id = pos.step_id
         conversation.slots = dict(pos.slots)
+        turn.slots = dict(pos.slots)
         conversation.stack = list(pos.stack)
         conversation.retries = pos.retries
         conversation.updated_at = utcnow()

@@ -63,6 +63,9 @@ class Turn:
     lifecycle: stages.Lifecycle
     effects: list[Effect] = field(default_factory=list)
     signals: list[tuple[str, str]] = field(default_factory=list)  # ("tag", name) / ("stage", id)
+    handoff: str = ""  # a flow's handoff step ran: its reason (the desk hands the customer over)
+    fell_back: bool = False  # the fallback flow answered: the bot did not understand
+    slots: dict[str, str] = field(default_factory=dict)  # the conversation's slots after the turn
 
     def reply(self, text: str, menu: tuple[MenuChoice, ...] = ()) -> None:
         if text or menu:
@@ -197,6 +200,8 @@ class Runner:
         if isinstance(step, Handoff):
             turn.reply(self._render(step.message, pos, turn) or HANDOFF_MESSAGE)
             turn.note("handoff.requested", reason=step.reason, flow=pos.flow.id, step=step.id)
+            turn.handoff = step.reason or pos.flow.id
+            turn.slots = dict(pos.slots)
             return Stop(True, "handoff")
         if isinstance(step, Marketing):
             turn.customer.marketing_opt_out = not step.subscribe

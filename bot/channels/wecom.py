@@ -135,8 +135,11 @@ def app_event(message: Mapping[str, Any]) -> InboundEvent:
     )
 
 
+SESSION_ENDED = 3  # session_status_change.change_type: the rep (or WeCom) ended the session
+
+
 def events_from_kf_messages(msg_list: list[dict[str, Any]]) -> list[InboundEvent]:
-    """Customer messages and events from a `kf/sync_msg` page (origin 3 customer, 4 system)."""
+    """Customer messages and events from a `kf/sync_msg` page (origin 3 customer, 4 system, 5 a rep)."""
     events: list[InboundEvent] = []
     for item in msg_list:
         event = _kf_item(item)
@@ -162,8 +165,29 @@ def _kf_item(item: dict[str, Any]) -> InboundEvent | None:
             menu_id=str(text.get("menu_id", "")),
             created_at=sent,
         )
+    if item.get("origin") == 5 and msgtype == "text" and item.get("external_userid"):
+        return InboundEvent(  # a rep answered in the kf workspace: it counts as the rep's response
+            channel="kf",
+            kind="rep_message",
+            dedup_key=f"kf:{msgid}",
+            sender=str(item["external_userid"]),
+            account=open_kfid,
+            text=str((item.get("text") or {}).get("content", "")),
+            created_at=sent,
+            extra={"servicer": str(item.get("servicer_userid", ""))},
+        )
     if msgtype == "event":
         body = item.get("event") or {}
+        if body.get("event_type") == "session_status_change" and body.get("change_type") == SESSION_ENDED:
+            return InboundEvent(
+                channel="kf",
+                kind="session_ended",
+                dedup_key=f"kf:{msgid}",
+                sender=str(body.get("external_userid", "")),
+                account=str(body.get("open_kfid", open_kfid)),
+                created_at=sent,
+                extra={"servicer": str(body.get("old_servicer_userid", ""))},
+            )
         if body.get("event_type") == "enter_session" and body.get("external_userid"):
             return InboundEvent(
                 channel="kf",

@@ -26,6 +26,7 @@ def make_settings(backend: Backend, **sections: Any) -> Settings:
         "nlu": {"mode": "rules", "timeout_ms": 200},
         "worker": {"poll_interval_s": 0.05, "max_attempts": 4},
         "logging": {"level": "WARNING"},
+        "handoff": {"office_hours": "mon-sun 00:00-24:00"},  # the time of day must not change what tests see
     }
     for name, values in sections.items():
         overrides[name] = {**overrides.get(name, {}), **values}

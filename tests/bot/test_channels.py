@@ -120,13 +120,22 @@ def test_kf_sync_messages_become_events() -> None:
          "event": {"event_type": "enter_session", "open_kfid": "wk", "external_userid": "wm2",
                    "scene_param": "inv_X", "welcome_code": "W1"}},
         {"msgid": "m4", "open_kfid": "wk", "external_userid": "wm1", "send_time": 4, "origin": 5, "msgtype": "text",
-         "servicer_userid": "rep", "text": {"content": "rep reply, not a customer message"}},
+         "servicer_userid": "rep", "text": {"content": "a rep's answer in the kf workspace"}},
+        {"msgid": "m5", "open_kfid": "wk", "send_time": 5, "origin": 4, "msgtype": "event",
+         "event": {"event_type": "session_status_change", "open_kfid": "wk", "external_userid": "wm1",
+                   "change_type": 3, "old_servicer_userid": "rep"}},
+        {"msgid": "m6", "open_kfid": "wk", "send_time": 6, "origin": 4, "msgtype": "event",
+         "event": {"event_type": "session_status_change", "open_kfid": "wk", "external_userid": "wm1",
+                   "change_type": 2, "new_servicer_userid": "rep2"}},  # a transfer between reps: nothing to do
     ])
     assert [(e.kind, e.dedup_key, e.text, e.menu_id, e.scene) for e in events] == [
         ("message", "kf:m1", "你好", "", ""),
         ("message", "kf:m2", "问价格", "price", ""),
         ("enter_session", "kf:m3", "", "", "inv_X"),
+        ("rep_message", "kf:m4", "a rep's answer in the kf workspace", "", ""),
+        ("session_ended", "kf:m5", "", "", ""),
     ]
+    assert events[3].extra == {"servicer": "rep"} and events[4].sender == "wm1"
 
 
 OA_KEY = "sandboxoaaeskey0000000000000000000000000000"
