@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from crm_store.growth_settings import GrowthSettings
 from crm_store.handoff_settings import HandoffSettings
+from crm_store.nurture_settings import NurtureSettings
 from flows.settings import FlowSettings, LifecycleSettings
 from nlu.settings import NluSettings
 
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleSettings = LifecycleSettings()
     growth: GrowthSettings = GrowthSettings()
     handoff: HandoffSettings = HandoffSettings()
+    nurture: NurtureSettings = NurtureSettings()
     worker: WorkerSettings = WorkerSettings()
     sandbox: SandboxSettings = SandboxSettings()
     logging: LoggingSettings = LoggingSettings()
