@@ -24,6 +24,7 @@ OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
     "app.message_send": ("wecom.app", "message/send", True),  # enable_duplicate_check
     "kf.service_state_trans": ("wecom.kf", "kf/service_state/trans", True),  # the same move twice is harmless
     "contacts.transfer_resigned": ("wecom.contacts", "externalcontact/resigned/transfer_customer", True),  # 离职继承
+    "contacts.add_msg_template": ("wecom.contacts", "externalcontact/add_msg_template", False),  # a rep's 群发 task
 }
 
 
@@ -122,12 +123,19 @@ FAREWELL = "_farewell"  # a payload key the sender removes: text to send with th
 SAME_STATE = 95016  # kf/service_state/trans: a move WeCom does not allow, e.g. ending an ended session again
 
 
-def farewell_call(payload: dict[str, Any], response: dict[str, Any]) -> OutboundCall | None:
-    """After a kf session move: the message to send with its msg_code, if one was asked for and given."""
-    text, code = str(payload.get(FAREWELL, "")), str(response.get("msg_code", ""))
-    if not (text and code):
-        return None
-    return OutboundCall("kf.send_msg_on_event", {"code": code, "msgtype": "text", "text": {"content": text}})
+def follow_up(kind: str, payload: dict[str, Any], response: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A second call an outbox row makes after its first succeeded (same credential), as (path, body).
+
+    A kf session move that ends a rep's session says its closing words with the msg_code it
+    returns; a group-message task reminds its rep to confirm it (remind_groupmsg_send).
+    """
+    if kind == "kf.service_state_trans":
+        text, code = str(payload.get(FAREWELL, "")), str(response.get("msg_code", ""))
+        if text and code:
+            return "kf/send_msg_on_event", {"code": code, "msgtype": "text", "text": {"content": text}}
+    if kind == "contacts.add_msg_template" and response.get("msgid"):
+        return "externalcontact/remind_groupmsg_send", {"msgid": response["msgid"]}
+    return None
 
 
 def _clip_bytes(text: str, limit: int) -> str:

@@ -21,6 +21,7 @@ from bot.growth_jobs import GrowthJobs
 from bot.handoff_desk import HandoffDesk
 from bot.handoff_jobs import HandoffJobs
 from bot.kf_sync import KfPuller
+from bot.nurture_dispatch import NurtureDispatcher
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner
 from bot.rep_commands import RepCommands
@@ -38,6 +39,7 @@ from flows import growth_hooks
 from flows.engine import FlowEngine
 from flows.growth import Growth
 from flows.hooks import Hooks
+from flows.nurture_hooks import NurtureHooks
 from flows.publishing import publish_if_unpublished
 from flows.releases import ReleaseCache
 from nlu.client import NluClient
@@ -62,6 +64,7 @@ class Runtime:
     waker: Waker | None = None  # when the flow engine is the conversation
     growth_jobs: GrowthJobs | None = None  # likewise
     handoff_jobs: HandoffJobs | None = None  # likewise
+    nurture: NurtureDispatcher | None = None  # likewise
     managed_rasa: ManagedRasa | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     scheduler: AsyncIOScheduler | None = None
@@ -83,18 +86,20 @@ class Runtime:
         )
         await nlu.start()
         worker_settings = settings.worker
-        waker = growth_jobs = handoff_jobs = rep_commands = None
+        waker = growth_jobs = handoff_jobs = rep_commands = nurture = None
         if conversation is None:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
             lifecycle = Lifecycle(settings.lifecycle)
             growth = Growth(settings.growth, lifecycle)
             hooks = growth_hooks.register(Hooks(), growth)
+            NurtureHooks(settings.nurture.timezone, settings.growth.purchase_stages).register(hooks)
             desk = HandoffDesk(settings.handoff, lifecycle)
             rep_commands = RepCommands(desk)
             flow_engine = FlowEngine(settings.flows, lifecycle, ReleaseCache(settings.lifecycle), hooks, desk)
             agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
             handoff_jobs = HandoffJobs(sessions, desk, interval_s, agent_id)
+            nurture = NurtureDispatcher(sessions, settings.nurture, lifecycle, agent_id)
             waker = Waker(sessions, flow_engine, interval_s, agent_id)
             growth_jobs = GrowthJobs(sessions, growth, apis["wecom.contacts"], interval_s, agent_id)
             conversation = flow_engine
@@ -122,11 +127,11 @@ class Runtime:
         puller.on_new_events = inbox.wake
         worker.on_outbox = outbox.wake
         sender.on_rate_limited = outbox.pause
-        if waker is not None and growth_jobs is not None and handoff_jobs is not None:
-            waker.on_outbox = growth_jobs.on_outbox = handoff_jobs.on_outbox = outbox.wake
+        if waker is not None and growth_jobs is not None and handoff_jobs is not None and nurture is not None:
+            waker.on_outbox = growth_jobs.on_outbox = handoff_jobs.on_outbox = nurture.on_outbox = outbox.wake
         return cls(
             settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, growth_jobs,
-            handoff_jobs, managed_rasa,
+            handoff_jobs, nurture, managed_rasa,
         )
 
     def start_background(self) -> None:
@@ -141,6 +146,8 @@ class Runtime:
             self.growth_jobs.schedule(self.scheduler)
             if self.handoff_jobs is not None:
                 self.handoff_jobs.schedule(self.scheduler)
+            if self.nurture is not None:
+                self.nurture.schedule(self.scheduler)
             self.scheduler.start()
 
     async def drain(self) -> None:

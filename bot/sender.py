@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import metrics
 from bot.corp_tags import CorpTags
-from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, farewell_call, too_late, with_idempotency_key
+from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
 from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
 from crm_store import work_queue
 from crm_store.models import OutboxItem
@@ -72,9 +72,9 @@ class OutboxSender:
             if payload is not None:
                 body = {key: value for key, value in payload.items() if key != FAREWELL}
                 response = await self.apis[credential].post(path, with_idempotency_key(item.kind, body, item.id))
-                farewell = farewell_call(payload, response)
-                if farewell is not None:  # the customer's last word of a kf session with a rep
-                    await self.apis[credential].post("kf/send_msg_on_event", farewell.payload)
+                second = follow_up(item.kind, payload, response)
+                if second is not None:
+                    await self._follow_up(item, credential, *second)
         except ApiError as exc:
             if item.kind == "kf.service_state_trans" and exc.errcode == SAME_STATE and item.attempts > 1:
                 await self._close(item, "done", "already moved (resent after an interrupted attempt)")
@@ -87,6 +87,14 @@ class OutboxSender:
         await self._close(item, "done", None)
         self.sent += 1
         metrics.SENT.labels(item.kind).inc()
+
+    async def _follow_up(self, item: OutboxItem, credential: str, path: str, body: dict[str, Any]) -> None:
+        """The row's own call succeeded: a failing follow-up is logged, not retried with it (no repeat)."""
+        try:
+            await self.apis[credential].post(path, body)
+        except ApiError as exc:
+            metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()
+            log.warning("sender.follow_up_failed id=%s path=%s %s", item.id, path, exc)
 
     async def _failed(self, item: OutboxItem, exc: ApiError) -> None:
         metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()

@@ -84,6 +84,10 @@ class FlowEngine:
         if event.kind in LEAVING:
             await self._customer_left(turn, conversation)
             return turn.effects
+        if event.kind in ("message", "menu_click"):
+            call = HookCall(session, customer, event, {}, {})
+            for message_handler in self.hooks.message_handlers:
+                await message_handler(call)
         requested = ""
         if event.kind in ARRIVING:
             requested = await self._customer_arrived(turn, flows)
@@ -185,13 +189,16 @@ class FlowEngine:
             await self._start(turn, match, release_id, flows)
 
     async def _stage_handlers(self, turn: Turn, signals: list[tuple[str, str]]) -> None:
-        """Stages the customer entered may qualify rewards and conversions (the growth hooks)."""
-        for kind, stage in signals:
+        """Stages the customer entered may qualify rewards and conversions (the growth hooks); tags and
+        stages may enrol the customer in a sequence or end one (the nurture hooks)."""
+        call = HookCall(turn.session, turn.customer, turn.event, {}, {})
+        for kind, value in signals:
+            for signal_handler in self.hooks.signal_handlers:
+                await signal_handler(call, kind, value)
             if kind != "stage":
                 continue
-            call = HookCall(turn.session, turn.customer, turn.event, {}, {})
             for handler in self.hooks.stage_handlers:
-                turn.effects.extend(await handler(call, stage))
+                turn.effects.extend(await handler(call, value))
 
     # ------------------------------------------------------------ lifecycle
 

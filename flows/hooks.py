@@ -50,17 +50,22 @@ ActionHandler = Callable[[HookCall], Awaitable[ActionResult]]
 CheckHandler = Callable[[HookCall], Awaitable[bool]]
 ArrivalHandler = Callable[[HookCall], Awaitable[ArrivalResult]]
 StageHandler = Callable[[HookCall, str], Awaitable[Sequence[Effect]]]
+SignalHandler = Callable[[HookCall, str, str], Awaitable[None]]  # ("tag", name) / ("stage", id)
+MessageHandler = Callable[[HookCall], Awaitable[None]]  # the customer wrote
 
 
 @dataclass
 class Hooks:
     """actions and checks by name; arrival handlers see every arriving event (they read its scene code);
-    stage handlers hear of every stage the turn's customer entered."""
+    stage handlers hear of every stage the turn's customer entered; signal handlers of every tag added
+    and stage entered; message handlers of every message the customer wrote."""
 
     actions: dict[str, ActionHandler] = field(default_factory=dict)
     checks: dict[str, CheckHandler] = field(default_factory=dict)
     arrivals: list[ArrivalHandler] = field(default_factory=list)
     stage_handlers: list[StageHandler] = field(default_factory=list)
+    signal_handlers: list[SignalHandler] = field(default_factory=list)
+    message_handlers: list[MessageHandler] = field(default_factory=list)
 
     def action(self, name: str) -> Callable[[ActionHandler], ActionHandler]:
         def register(handler: ActionHandler) -> ActionHandler:

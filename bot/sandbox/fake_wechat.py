@@ -24,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.sandbox.fake_groupmsg import FakeGroupMessages
 from bot.sandbox.fake_kf import ApiRefusal, FakeKf, Sent
 
 __all__ = ["FakeWeChat", "Sent"]
@@ -43,7 +44,7 @@ class Failure:
     remaining: int = 1
 
 
-class FakeWeChat(FakeKf):
+class FakeWeChat(FakeKf, FakeGroupMessages):
     def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
         super().__init__()
         self.corp_id = corp_id
@@ -65,6 +66,7 @@ class FakeWeChat(FakeKf):
         self.unassigned: list[dict[str, Any]] = []  # get_unassigned_list: customers of reps who left
         self.unassigned_page_limit = UNASSIGNED_PAGE_MAX  # tests lower it to exercise is_last
         self.transfers: list[dict[str, str]] = []  # resigned/transfer_customer: handover, takeover, customer
+        self.init_group_messages()
 
     # --- what a test or the sandbox page does --------------------------------------------
     def fail_next(self, path: str, errcode: int = 0, http_status: int = 200, times: int = 1) -> None:
@@ -105,6 +107,7 @@ class FakeWeChat(FakeKf):
             "gettoken": self.wecom_token,
             "token": self.oa_token,
             **self.kf_routes(),
+            **self.group_message_routes(),
             "message/send": self.app_message_send,
             "externalcontact/send_welcome_msg": self.send_welcome_msg,
             "externalcontact/get": self.externalcontact_get,
