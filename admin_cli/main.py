@@ -65,8 +65,10 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     flow_commands,
     handoff_commands,
     ops_commands,
+    push_commands,
     referral_commands,
     rep_commands,
+    sequence_commands,
     serve_command,
     try_command,
 )
@@ -77,4 +79,5 @@ cli.add_command(nlu_group, "nlu")
 __all__ = [
     "cli", "echo_json", "settings_of", "campaign_commands", "channel_commands", "customer_commands", "flow_commands",
     "ops_commands", "referral_commands", "serve_command", "try_command", "handoff_commands", "rep_commands",
+    "push_commands", "sequence_commands",
 ]
