@@ -75,6 +75,7 @@ class Batch:
     slots: dict[int, dict[str, str]]
     wecom_ids: dict[int, str]
     groups_filled: dict[int, datetime]  # the customer's latest filled group-buy
+    sequences: dict[tuple[str, int], NurtureSequence]  # (name, version) of the batch's enrolments
 
 
 class NurtureDispatcher:
@@ -120,15 +121,9 @@ class NurtureDispatcher:
     async def _decide_all(self, session: AsyncSession, sends: list[NurtureSend], now: datetime) -> Outcome:
         batch = await self._load(session, sends, now)
         outcome = Outcome()
-        sequences: dict[tuple[str, int], NurtureSequence] = {}
         for send in sends:
-            sequence = None
             enrolment = batch.enrolments.get(send.enrolment_id or 0)
-            if enrolment is not None:
-                key = (enrolment.sequence, enrolment.version)
-                if key not in sequences:
-                    sequences[key] = await self.catalog.get(session, *key)
-                sequence = sequences[key]
+            sequence = None if enrolment is None else batch.sequences[(enrolment.sequence, enrolment.version)]
             await self._decide(session, send, enrolment, sequence, batch, now, outcome)
         await session.flush()
         return outcome
@@ -174,7 +169,7 @@ class NurtureDispatcher:
         count, oldest = batch.recent.get(customer.id, (0, now))
         if count >= self.settings.cap_per_day:
             return self._defer(send, oldest + CAP_WINDOW, "daily cap", outcome)
-        call, via, why = self._channel(customer, self._render(text, customer), batch)
+        call, via, why = self._channel(customer, self._render(text, customer), batch, now)
         if call is None:
             return self._skip(session, send, enrolment, sequence, now, f"no channel: {why}", outcome)
         kind, payload = call
@@ -257,10 +252,10 @@ class NurtureDispatcher:
             "customer.name": customer.display_name or "您", "customer.id": customer.id,
             "customer.stage": customer.stage, "customer.stage_label": self.lifecycle.label(customer.stage)})
 
-    def _channel(self, customer: Customer, text: str, batch: Batch
+    def _channel(self, customer: Customer, text: str, batch: Batch, now: datetime
                  ) -> tuple[tuple[str, dict[str, Any]] | None, str, str]:
         """The call that may deliver now: a kf or OA message in the 48-hour window, else a rep's group message."""
-        call, why = notify_call(customer.reach or {}, text, self.agent_id)
+        call, why = notify_call(customer.reach or {}, text, self.agent_id, now=now.timestamp())
         if call is not None:
             return (call.kind, call.payload), str((customer.reach or {}).get("channel", "")), ""
         external = batch.wecom_ids.get(customer.id)
@@ -275,12 +270,15 @@ class NurtureDispatcher:
     # ------------------------------------------------------------ loading
 
     async def _load(self, session: AsyncSession, sends: list[NurtureSend], now: datetime) -> Batch:
+        """One query per kind of fact, and only for the customers whose decision can need it."""
         ids = list({send.customer_id for send in sends})
         enrolment_ids = [send.enrolment_id for send in sends if send.enrolment_id]
         push_ids = list({send.push_id for send in sends if send.push_id})
         customers = {c.id: c for c in await session.scalars(select(Customer).where(Customer.id.in_(ids)))}
         enrolments = {e.id: e for e in await session.scalars(select(Enrolment).where(Enrolment.id.in_(enrolment_ids)))}
-        pushes = {p.id: p for p in await session.scalars(select(Push).where(Push.id.in_(push_ids)))}
+        pushes = {p.id: p for p in await session.scalars(select(Push).where(Push.id.in_(push_ids)))} if push_ids else {}
+        sequences = {key: await self.catalog.get(session, *key)
+                     for key in {(e.sequence, e.version) for e in enrolments.values()}}
         paused = set(await session.scalars(select(SequenceState.name).where(SequenceState.paused.is_(True))))
         handed_off = set(await session.scalars(select(Handoff.customer_id).where(
             Handoff.customer_id.in_(ids), Handoff.status.in_(OPEN_STATUSES))))
@@ -289,29 +287,73 @@ class NurtureDispatcher:
             .where(NurtureSend.customer_id.in_(ids), NurtureSend.status == "sent",
                    NurtureSend.sent_at > now - CAP_WINDOW)
             .group_by(NurtureSend.customer_id))}
+        conditions: dict[int, Condition] = {}
+        filled_watch: list[int] = []
+        for send in sends:
+            enrolment = enrolments.get(send.enrolment_id or 0)
+            if enrolment is None:
+                continue
+            sequence = sequences[(enrolment.sequence, enrolment.version)]
+            when = sequence.steps[send.step_index].when if send.step_index < len(sequence.steps) else None
+            if when is not None:
+                conditions[send.customer_id] = when
+            if sequence.exits_on("group_filled"):
+                filled_watch.append(send.customer_id)
+        unreachable = [cid for cid, c in customers.items() if notify_call(c.reach or {}, "", now=now.timestamp())[0]
+                       is None]
+        return Batch(customers, enrolments, pushes, paused, handed_off, recent,
+                     await self._group_messages(session, unreachable, now), *await self._facts(session, conditions),
+                     await self._wecom_ids(session, unreachable), await self._groups_filled(session, filled_watch),
+                     sequences)
+
+    async def _facts(self, session: AsyncSession, conditions: dict[int, Condition]
+                     ) -> tuple[dict[int, set[str]], dict[int, float], dict[int, dict[str, str]]]:
+        """Tags, social scores and slots, for the customers whose step has a condition on them."""
+        tags: dict[int, set[str]] = defaultdict(set)
+        social: dict[int, float] = {}
+        slots: dict[int, dict[str, str]] = {}
+        need = {kind: [cid for cid, c in conditions.items() if test(c)] for kind, test in (
+            ("tags", lambda c: bool(c.tags or c.not_tags)), ("social", lambda c: c.social_min is not None),
+            ("slots", lambda c: bool(c.slots)))}
+        if need["tags"]:
+            for cid, name in await session.execute(select(CustomerTag.customer_id, Tag.name).join(Tag)
+                                                   .where(CustomerTag.customer_id.in_(need["tags"]))):
+                tags[cid].add(name)
+        if need["social"]:
+            social = {cid: float(score) for cid, score in await session.execute(
+                select(SocialStats.customer_id, SocialStats.score).where(SocialStats.customer_id.in_(need["social"])))}
+        if need["slots"]:
+            for cid, values in await session.execute(
+                    select(Conversation.customer_id, Conversation.slots)
+                    .where(Conversation.customer_id.in_(need["slots"])).order_by(Conversation.id)):
+                slots[cid] = {**slots.get(cid, {}), **(values or {})}  # the latest conversation's slots win
+        return dict(tags), social, slots
+
+    async def _group_messages(self, session: AsyncSession, ids: list[int], now: datetime) -> dict[int, int]:
+        """Group messages each customer got this month (brand time): WeCom's monthly limit."""
+        if not ids:
+            return {}
         month = datetime.combine(now.astimezone(self.zone).date().replace(day=1), time(), self.zone)
-        group_messages = {cid: int(n) for cid, n in await session.execute(
+        return {cid: int(n) for cid, n in await session.execute(
             select(NurtureSend.customer_id, func.count())
             .where(NurtureSend.customer_id.in_(ids), NurtureSend.status == "sent", NurtureSend.via == "groupmsg",
                    NurtureSend.sent_at >= month)
             .group_by(NurtureSend.customer_id))}
-        tags: dict[int, set[str]] = defaultdict(set)
-        for cid, name in await session.execute(select(CustomerTag.customer_id, Tag.name).join(Tag)
-                                               .where(CustomerTag.customer_id.in_(ids))):
-            tags[cid].add(name)
-        social = {cid: float(score) for cid, score in await session.execute(
-            select(SocialStats.customer_id, SocialStats.score).where(SocialStats.customer_id.in_(ids)))}
-        slots: dict[int, dict[str, str]] = {}
-        for cid, values in await session.execute(
-                select(Conversation.customer_id, Conversation.slots).where(Conversation.customer_id.in_(ids))
-                .order_by(Conversation.id)):
-            slots[cid] = {**slots.get(cid, {}), **(values or {})}  # the latest conversation's slots win
-        wecom_ids = {cid: ext for cid, ext in await session.execute(
+
+    @staticmethod
+    async def _wecom_ids(session: AsyncSession, ids: list[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        return {cid: ext for cid, ext in await session.execute(
             select(Identity.customer_id, Identity.external_id).where(Identity.customer_id.in_(ids),
                                                                      Identity.kind == "wecom"))}
-        groups_filled = {cid: as_utc(at) for cid, at in await session.execute(
-            select(GroupMember.customer_id, func.max(GroupBuy.closed_at)).join(GroupBuy, GroupBuy.id == GroupMember.group_id)
+
+    @staticmethod
+    async def _groups_filled(session: AsyncSession, ids: list[int]) -> dict[int, datetime]:
+        if not ids:
+            return {}
+        return {cid: as_utc(at) for cid, at in await session.execute(
+            select(GroupMember.customer_id, func.max(GroupBuy.closed_at))
+            .join(GroupBuy, GroupBuy.id == GroupMember.group_id)
             .where(GroupMember.customer_id.in_(ids), GroupBuy.status == "filled").group_by(GroupMember.customer_id))
             if at is not None}
-        return Batch(customers, enrolments, pushes, paused, handed_off, recent, group_messages, dict(tags), social,
-                     slots, wecom_ids, groups_filled)

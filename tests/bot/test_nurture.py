@@ -9,18 +9,18 @@ when the customer replies. Two dispatchers on PostgreSQL never send the same ste
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from crm_store.enrolments import SequenceCatalog, enrol, publish
+from crm_store.enrolments import SequenceCatalog, due_at, enrol, publish
 from crm_store.handoffs import start
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, OutboxItem, as_utc, utcnow
 from crm_store.nurture_models import Enrolment, NurtureSend
-from flows.sequences import load_sequences
+from flows.sequences import SeqStep, load_sequences
 from tests.bot.conftest import Bot
 from tests.flows.test_engine import customer_of, say
 
@@ -32,9 +32,9 @@ enroll: [{tag: 高意向}]
 exit: [replied, {tag: 已购买}, handed_off]
 steps:
   - {id: welcome, say: "{{ customer.name }}，欢迎～"}
-  - {id: tips, after: 1d, say: 连衣裙搭配小贴士, when: {tag: 连衣裙}}
-  - {id: coupon, at: "day 3 10:00", say: 送您一张优惠券}
-  - {id: check_in, after_previous: 4d, say: 最近还好吗？}
+  - {id: tips, after: 1h, say: 连衣裙搭配小贴士, when: {tag: 连衣裙}}
+  - {id: coupon, after: 2h, say: 送您一张优惠券}
+  - {id: check_in, after_previous: 30h, say: 最近还好吗？}
 """
 
 
@@ -82,20 +82,23 @@ async def sends(bot: Bot, customer_id: int) -> list[tuple[str, str, str]]:
 
 
 async def test_a_tag_enrols_and_steps_go_out_on_time_with_conditions_then_a_reply_ends_it(
-    bot: Bot, tmp_path: Path
+    start_bot, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
+    bot = await start_bot(nurture={"quiet_from": "00:00", "quiet_until": "00:00"})  # never quiet: any hour works
     await published(bot, tmp_path)
     for _ in range(3):
         await say(bot, "wmAva", "多少钱")  # the third price question tags 高意向: enrolled
     ava = await customer_of(bot, "wmAva")
     start_at = utcnow()
-    await dispatch(bot, noon_after(start_at))
+    await dispatch(bot, start_at + timedelta(minutes=1))
     assert texts(bot, "wmAva")[-1].endswith("，欢迎～")
     assert bot.replies_to("wmAva")[-1].path == "kf/send_msg"  # inside the kf window
 
-    await dispatch(bot, noon_after(start_at, 1))  # day 1: no 连衣裙 tag, the tips are skipped
+    await dispatch(bot, start_at + timedelta(minutes=30))
+    assert len(await sends(bot, ava.id)) == 2  # the tips are not due yet
+    await dispatch(bot, start_at + timedelta(hours=1, minutes=1))  # no 连衣裙 tag: the tips are skipped
     assert (await sends(bot, ava.id))[1] == ("tips", "skipped", "condition not met")
-    await dispatch(bot, noon_after(start_at, 3))  # day 3 at 10:00 has passed by noon
+    await dispatch(bot, start_at + timedelta(hours=2, minutes=1))
     assert texts(bot, "wmAva")[-1] == "送您一张优惠券"
 
     await say(bot, "wmAva", "谢谢")  # a reply: the sequence exits, the pending check-in is skipped
@@ -105,8 +108,18 @@ async def test_a_tag_enrols_and_steps_go_out_on_time_with_conditions_then_a_repl
         coupon = await session.scalar(select(NurtureSend).where(NurtureSend.step == "coupon"))
     assert enrolment is not None and (enrolment.status, enrolment.exit_reason) == ("exited", "replied")
     assert coupon is not None and coupon.replied_at is not None
-    await dispatch(bot, noon_after(start_at, 10))
+    await dispatch(bot, start_at + timedelta(hours=40))
     assert texts(bot, "wmAva")[-1] != "最近还好吗？"
+
+
+def test_fixed_times_are_the_brands_and_delays_count_from_enrolment_or_the_previous_step() -> None:
+    enrolled_at = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)  # 23:00 in Shanghai
+    previous = enrolled_at + timedelta(hours=5)
+    at = SeqStep("coupon", "券", at_day=3, at_time="10:00")
+    assert due_at(at, enrolled_at, previous, SHANGHAI) == datetime(2026, 11, 26, 10, 0, tzinfo=SHANGHAI)
+    assert due_at(SeqStep("a", "x", after_s=86400), enrolled_at, previous, SHANGHAI) == enrolled_at + timedelta(days=1)
+    assert due_at(SeqStep("b", "x", after_previous_s=60), enrolled_at, previous, SHANGHAI) == previous + timedelta(
+        minutes=1)
 
 
 async def test_quiet_hours_and_the_daily_cap_make_sends_wait_not_vanish(bot: Bot, tmp_path: Path) -> None:
@@ -125,6 +138,9 @@ async def test_quiet_hours_and_the_daily_cap_make_sends_wait_not_vanish(bot: Bot
         waiting = list(await session.scalars(select(NurtureSend).where(NurtureSend.customer_id == ben.id)))
     assert {row.reason for row in waiting} == {"waiting: quiet hours"}
     morning = night.replace(hour=8, minute=30) + timedelta(days=1)
+    async with bot.runtime.sessions() as session, session.begin():  # Ben wrote again at 07:30: the kf window is open
+        customer = await session.get_one(Customer, ben.id)
+        customer.reach = {**customer.reach, "at": int((morning - timedelta(hours=1)).timestamp())}
     assert {as_utc(row.due_at).astimezone(SHANGHAI) for row in waiting} == {morning}
 
     await dispatch(bot, morning + timedelta(minutes=1))
@@ -132,6 +148,9 @@ async def test_quiet_hours_and_the_daily_cap_make_sends_wait_not_vanish(bot: Bot
     assert [status for _, status, _ in await sends(bot, ben.id)].count("sent") == 2
     capped = [reason for _, status, reason in await sends(bot, ben.id) if status == "pending" and "cap" in reason]
     assert capped == ["waiting: daily cap"]
+    async with bot.runtime.sessions() as session, session.begin():  # and again the next morning
+        customer = await session.get_one(Customer, ben.id)
+        customer.reach = {**customer.reach, "at": int((morning + timedelta(days=1)).timestamp())}
     await dispatch(bot, morning + timedelta(days=1, minutes=2))
     assert len(texts(bot, "wmBen")) == before + 3
 
