@@ -23,7 +23,16 @@ from crm_store.models import FlowRelease
 from crm_store.tags import sync_catalog
 from flows.diagram import duration, mermaid, short, step_targets, summary, svg
 from flows.loader import FlowLoadError, load_sources, read_directory, read_paths
-from flows.model import EventTrigger, Flow, FlowSet, IntentTrigger, StageTrigger, TextTrigger, Trigger
+from flows.model import (
+    EventTrigger,
+    ExternalTrigger,
+    Flow,
+    FlowSet,
+    IntentTrigger,
+    StageTrigger,
+    TextTrigger,
+    Trigger,
+)
 from flows.publishing import publish_flows, validate
 from flows.releases import NothingToPublish, Published, UnknownRelease, diff, get_release, history, rollback
 
@@ -92,6 +101,8 @@ def trigger_text(trigger: Trigger) -> str:
         where = ", ".join(part for part in (trigger.channel, trigger.code_prefix and f"code {trigger.code_prefix}…")
                           if part)
         return f"event {trigger.event}" + (f" ({where})" if where else "")
+    if isinstance(trigger, ExternalTrigger):
+        return f"external {trigger.name}"
     return f"stage {trigger.stage}" if isinstance(trigger, StageTrigger) else f"tag {trigger.tag}"
 
 

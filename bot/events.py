@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Channel = Literal["kf", "contacts", "app", "oa"]
+Channel = Literal["kf", "contacts", "app", "oa", "api"]  # api: another system (POST /api/v1/events)
 
 # What happened, whatever the channel:
 #   message        the customer wrote (text) or clicked a kf menu item (menu_id set)
@@ -21,6 +21,8 @@ Channel = Literal["kf", "contacts", "app", "oa"]
 #   timer          not from WeChat: a waiting conversation's timer fired (the waker)
 #   rep_message    a rep wrote to the customer in the kf workspace (sync_msg origin 5; extra.servicer)
 #   session_ended  the kf session was ended by the rep or by WeCom (session_status_change)
+#   external       another system reported an event about the customer (channel api; sender is the
+#                  customer id; extra: name, data): flows with an `external:` trigger start on it
 EventKind = Literal[
     "message",
     "enter_session",
@@ -36,6 +38,7 @@ EventKind = Literal[
     "timer",
     "rep_message",
     "session_ended",
+    "external",
     "other",
 ]
 
@@ -66,6 +69,8 @@ class InboundEvent:
         """Items with the same key are processed one at a time, in arrival order."""
         if self.kind == "kf_sync":
             return f"kf-account:{self.account}"
+        if self.channel == "api":
+            return f"customer:{self.sender}"
         return f"{self.identity_kind}:{self.sender}"
 
     def to_payload(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from bot.events import Effect, InboundEvent, Note, Notify, Reply, SideEffect, To
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from crm_store import work_queue
-from crm_store.customers import find_identity, record, resolve_customer
+from crm_store.customers import find_identity, live_customer, record, resolve_customer
 from crm_store.models import Customer, InboxItem, OutboxItem
 from crm_store.work_queue import ClaimLost
 
@@ -85,11 +85,13 @@ class InboxWorker:
         metrics.INBOX_PROCESSED.labels(item.kind, "done").inc()
 
     async def _handle_customer_event(self, item: InboxItem, event: InboundEvent) -> None:
-        known = await self._is_known(event)
+        external = event.channel == "api"  # another system's event: the customer is named by id
+        known = external or await self._is_known(event)
         profile = None if known else await self.profiles.lookup(event)
         intent = await self.nlu.parse(event.text) if _needs_intent(event) else None
         async with self.sessions() as session, session.begin():
-            customer = await resolve_customer(session, event.identity_kind, event.sender, profile)
+            customer = await live_customer(session, int(event.sender)) if external else \
+                await resolve_customer(session, event.identity_kind, event.sender, profile)
             remember_reach(customer, event)
             await record(session, customer.id, f"inbound.{event.kind}", _summary(event, intent))
             context = TurnContext(session=session, intent=intent, is_new_customer=not known)
@@ -160,6 +162,11 @@ async def write_effects(
             continue
         if not isinstance(effect, Reply):
             queued += await write_side_effect(session, f"{origin_key}#{queued}", effect, agent_id)
+            continue
+        if event.channel == "api":  # nobody wrote: the answer goes where the customer last chatted
+            queued += await write_notification(session, f"{origin_key}#{queued}",
+                                               Notify(customer.id, effect.text, str(event.extra.get("name", ""))),
+                                               agent_id)
             continue
         call = reply_call(event, effect, first=replies == 0, agent_id=agent_id)
         if call is None:
@@ -234,6 +241,8 @@ def _summary(event: InboundEvent, intent: Intent | None) -> dict[str, object]:
     for field in ("menu_id", "scene"):
         if getattr(event, field):
             summary[field] = getattr(event, field)
+    if event.kind == "external":
+        summary["name"], summary["data"] = event.extra.get("name", ""), event.extra.get("data", {})
     if intent is not None:
         summary["intent"] = intent.name
         summary["confidence"] = round(intent.confidence, 3)

@@ -23,6 +23,7 @@ from flows.model import (
     Condition,
     End,
     EventTrigger,
+    ExternalTrigger,
     Flow,
     Goto,
     Handoff,
@@ -322,6 +323,8 @@ def _build_trigger(b: _Builder, node: Node) -> Trigger:
         return EventTrigger(m["event"].text, _text(m.get("channel")), _text(m.get("code")), node.line)
     if "stage" in m:
         return StageTrigger(b.stage(m["stage"], "trigger"), node.line)
+    if "external" in m:
+        return ExternalTrigger(m["external"].text, node.line)
     return TagTrigger(b.ref("tag", m["tag"], "trigger"), node.line)
 
 

@@ -314,6 +314,10 @@ class FlowEngine:
         return int(self.releases.versions(release_id).get(flow_id, 0))
 
     def _entity_slots(self, flow: Flow, turn: Turn) -> dict[str, str]:
+        """Slots the flow declares, filled from the intent's entities or an external event's data."""
+        if turn.event.kind == "external":
+            data = turn.event.extra.get("data") or {}
+            return {str(k): str(v)[:200] for k, v in data.items() if k in flow.slots and isinstance(v, str | int | float)}
         intent = turn.intent
         if intent is None:
             return {}

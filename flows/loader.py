@@ -16,6 +16,7 @@ catalog: `groups: {意向: [高意向, 低意向]}`, each tag in one group) and 
       - regex: "报价|价目表"          # RE2: linear time, no backreferences or lookaround
       - {event: enter_session, channel: kf, code: "inv_"}   # code: prefix of the entry code
       - stage: 意向                 # entering a stage (id or label); or tag: 高意向 (tag added)
+      - external: order_shipped     # another system's event (POST /api/v1/events); its data fill declared slots
     steps:                          # id optional ("step<N>", 1-based); next: defaults to the following step
       - id: ask_product
         ask: 您想了解哪款商品？         # expect: text|phone|number|email|intent (+ intents: [...])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from flows.model import (
     EventTrigger,
+    ExternalTrigger,
     Flow,
     FlowSet,
     IntentTrigger,
@@ -49,6 +50,8 @@ class Match:
             return "keywords" if trigger.keywords else "regex"
         if isinstance(trigger, EventTrigger):
             return f"event:{trigger.event}"
+        if isinstance(trigger, ExternalTrigger):
+            return f"external:{trigger.name}"
         return f"stage:{trigger.stage}" if isinstance(trigger, StageTrigger) else f"tag:{trigger.tag}"
 
 
@@ -94,7 +97,11 @@ def _message_certainty(trigger: Trigger, cleaned: str, normalised: str, intent: 
 
 
 def match_event(flows: FlowSet, event: InboundEvent) -> Match | None:
-    """The flow an entry event (enter_session, contact_added, subscribe, scan…) starts."""
+    """The flow an entry event (enter_session, contact_added, subscribe, scan…) or an external event starts."""
+    if event.kind == "external":
+        name = str(event.extra.get("name", ""))
+        return _best([Match(flow, trigger, CERTAIN) for flow in flows.flows.values() for trigger in flow.triggers
+                      if isinstance(trigger, ExternalTrigger) and trigger.name == name])
     candidates = [
         Match(flow, trigger, CERTAIN + len(trigger.code_prefix) / 100)  # the most specific code wins
         for flow in flows.flows.values()

@@ -92,7 +92,15 @@ class TagTrigger:
     line: int = 0
 
 
-Trigger = IntentTrigger | TextTrigger | EventTrigger | StageTrigger | TagTrigger
+@dataclass(frozen=True)
+class ExternalTrigger:
+    """An event another system reported (POST /api/v1/events), by name: order_shipped, coupon_used…"""
+
+    name: str
+    line: int = 0
+
+
+Trigger = IntentTrigger | TextTrigger | EventTrigger | StageTrigger | TagTrigger | ExternalTrigger
 
 # ---------------------------------------------------------------- steps
 

@@ -282,6 +282,7 @@ TRIGGER_VARIANTS: dict[str, Record] = {
     ),
     "stage": Record({"stage": STAGE}, what="a stage trigger"),
     "tag": Record({"tag": TAG}, what="a tag trigger"),
+    "external": Record({"external": ID}, what="an external event trigger (POST /api/v1/events)"),
 }
 _TRIGGER_KEYS = frozenset(key for record in TRIGGER_VARIANTS.values() for key in record.fields)
 TRIGGER = Tagged(TRIGGER_VARIANTS, "a trigger", "trigger type", known_keys=_TRIGGER_KEYS)
