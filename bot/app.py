@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bot.api import API_LIMITS, PREFIX, ApiLimits, create_api
 from bot.callbacks import ENDPOINTS, CallbackChannel, CallbackEndpoint, add_callback_routes
 from bot.channels.oa import OaCallback
 from bot.channels.wecom import WecomCallback
@@ -39,6 +40,9 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     add_callback_routes(app)
+    api = create_api(ApiLimits(settings.api.requests_per_window, settings.api.window_s, settings.api.max_body_bytes))
+    app.add_subapp(PREFIX, api)
+    app[API_LIMITS] = api[API_LIMITS]  # one object: tightening it on the main app holds for the API
     if settings.sandbox.enabled:
         add_sandbox_routes(app)
 

@@ -112,6 +112,14 @@ class WorkerSettings(_Section):
     retry_base_s: float = Field(default=1.0, gt=0)
 
 
+class ApiSettings(_Section):
+    """The integration API (/api/v1): per-key rate limit and body size."""
+
+    requests_per_window: int = Field(default=120, ge=1)
+    window_s: int = Field(default=60, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=10 * 1024 * 1024)
+
+
 class SandboxSettings(_Section):
     enabled: bool = False
     api_port: int = Field(default=8081, ge=0, le=65535)
@@ -143,6 +151,7 @@ class Settings(BaseSettings):
     handoff: HandoffSettings = HandoffSettings()
     nurture: NurtureSettings = NurtureSettings()
     worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
     sandbox: SandboxSettings = SandboxSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -1,0 +1,122 @@
+"""Who is calling and what they may do: `Authorization: Bearer <key>`, scopes, and a rate limit per key.
+
+A missing, unknown or revoked key is a 401; a read key on a write route (any method but
+GET/HEAD/OPTIONS) is a 403; more than `ApiLimits.requests` requests in a window of
+`ApiLimits.window_s` seconds is a 429 with Retry-After. The counter lives in shared state
+(Redis with several instances), one key per API key and window: every instance counts the same.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from bot.api.errors import ApiError, Handler
+from bot.runtime import RUNTIME, Runtime
+from crm_store.api_keys import authenticate
+from crm_store.lifecycle import Lifecycle
+from flows import growth_hooks
+from flows.growth import Growth
+from flows.hooks import Hooks
+from flows.nurture_hooks import NurtureHooks
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
+
+
+@dataclass
+class ApiLimits:
+    """Mutable so an operator (or a test) can tighten them on a running app."""
+
+    requests: int = 120
+    window_s: int = 60
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: int
+    name: str  # the caller, e.g. "shop": orders are unique per (name, order id)
+    scope: str
+
+
+@dataclass
+class ApiContext:
+    """What the handlers use, built once from the runtime: the same lifecycle and hooks as the flow engine."""
+
+    runtime: Runtime
+    lifecycle: Lifecycle
+    hooks: Hooks
+    nurture: NurtureHooks
+    limits: ApiLimits
+    zone: ZoneInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.zone = self.nurture.zone
+
+
+API_LIMITS = web.AppKey("api_limits", ApiLimits)
+PRINCIPAL = web.RequestKey("api_principal", Principal)
+_CONTEXTS = web.AppKey("api_contexts", dict)
+
+
+def context(request: web.Request) -> ApiContext:
+    """The API's context for the running app, made on first use (the runtime opens after the routes are set)."""
+    cache: dict[int, ApiContext] = request.app[_CONTEXTS]
+    runtime = request.config_dict[RUNTIME]
+    made = cache.get(id(runtime))
+    if made is None or made.runtime is not runtime:
+        settings = runtime.settings
+        lifecycle = Lifecycle(settings.lifecycle)
+        hooks = growth_hooks.register(Hooks(), Growth(settings.growth, lifecycle))
+        nurture = NurtureHooks(settings.nurture.timezone, settings.growth.purchase_stages)
+        nurture.register(hooks)
+        made = cache[id(runtime)] = ApiContext(runtime, lifecycle, hooks, nurture, request.app[API_LIMITS])
+    return made
+
+
+def install(api: web.Application, limits: ApiLimits) -> None:
+    api[API_LIMITS] = limits
+    api[_CONTEXTS] = {}
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]  # the auth middleware runs before every non-public route
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    ctx = context(request)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    challenge = {"WWW-Authenticate": 'Bearer realm="scrm"'}
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "unauthorized", "missing API key: send Authorization: Bearer <key>", None, challenge)
+    async with ctx.runtime.sessions.begin() as session:
+        key = await authenticate(session, token)
+        caller = None if key is None else Principal(key.id, key.name, key.scope)
+    if caller is None:
+        raise ApiError(401, "unauthorized", "unknown or revoked API key", None, challenge)
+    await _rate_limit(ctx, caller)
+    if request.method not in READ_METHODS and caller.scope != "write":
+        raise ApiError(403, "forbidden", f"the key {caller.name!r} is read-only; this route needs a write key")
+    request[PRINCIPAL] = caller
+    return await handler(request)
+
+
+async def _rate_limit(ctx: ApiContext, caller: Principal) -> None:
+    limits = ctx.limits
+    now = time.time()
+    window = int(now // limits.window_s)
+    count = await ctx.runtime.state.incr(f"api:rate:{caller.key_id}:{window}", limits.window_s + 1)
+    if count > limits.requests:
+        retry = max(1, math.ceil((window + 1) * limits.window_s - now))
+        raise ApiError(429, "rate_limited", f"more than {limits.requests} requests in {limits.window_s} s",
+                       {"limit": limits.requests, "window_s": limits.window_s, "retry_after_s": retry},
+                       {"Retry-After": str(retry)})
