@@ -28,6 +28,8 @@ from bot.rep_commands import RepCommands
 from bot.sender import OutboxSender
 from bot.settings import Settings
 from bot.waker import Waker
+from bot.webhook_feed import WebhookFeed
+from bot.webhook_sender import WebhookSender
 from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
 from bot.worker import InboxWorker
 from crm_store.db import create_engine, session_factory
@@ -66,6 +68,7 @@ class Runtime:
     handoff_jobs: HandoffJobs | None = None  # likewise
     nurture: NurtureDispatcher | None = None  # likewise
     managed_rasa: ManagedRasa | None = None
+    webhook_feed: WebhookFeed | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     scheduler: AsyncIOScheduler | None = None
 
@@ -115,7 +118,10 @@ class Runtime:
             settings.wecom.app.agent_id,
             rep_commands,
         )
-        sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s)
+        webhooks = WebhookSender(sessions, http, worker_settings.max_attempts, worker_settings.retry_base_s)
+        sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s,
+                              webhooks=webhooks)
+        webhook_feed = WebhookFeed(sessions, settings.flows.wake_interval_s)
         inbox = QueueRunner(
             "inbox", sessions, InboxItem, worker.process, worker_settings.inbox_concurrency,
             worker_settings.poll_interval_s, worker_settings.claim_ttl_s,
@@ -127,11 +133,12 @@ class Runtime:
         puller.on_new_events = inbox.wake
         worker.on_outbox = outbox.wake
         sender.on_rate_limited = outbox.pause
+        webhook_feed.on_outbox = outbox.wake
         if waker is not None and growth_jobs is not None and handoff_jobs is not None and nurture is not None:
             waker.on_outbox = growth_jobs.on_outbox = handoff_jobs.on_outbox = nurture.on_outbox = outbox.wake
         return cls(
             settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, growth_jobs,
-            handoff_jobs, nurture, managed_rasa,
+            handoff_jobs, nurture, managed_rasa, webhook_feed,
         )
 
     def start_background(self) -> None:
@@ -148,6 +155,8 @@ class Runtime:
                 self.handoff_jobs.schedule(self.scheduler)
             if self.nurture is not None:
                 self.nurture.schedule(self.scheduler)
+            if self.webhook_feed is not None:
+                self.webhook_feed.schedule(self.scheduler)
             self.scheduler.start()
 
     async def drain(self) -> None:

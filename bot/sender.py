@@ -18,9 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot import metrics
 from bot.corp_tags import CorpTags
 from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
+from bot.webhook_sender import WebhookSender
 from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
 from crm_store import work_queue
 from crm_store.models import OutboxItem
+from crm_store.webhooks import WEBHOOK_POST
 from crm_store.work_queue import ClaimLost
 
 log = logging.getLogger("scrm.sender")
@@ -39,6 +41,7 @@ class OutboxSender:
         max_attempts: int,
         retry_base_s: float,
         rate_limit_pause_s: float = 2.0,
+        webhooks: WebhookSender | None = None,
     ) -> None:
         self.sessions = sessions
         self.apis = apis
@@ -48,10 +51,14 @@ class OutboxSender:
         self.on_rate_limited = lambda seconds: None
         self.sent = 0
         self.prepare: dict[str, Prepare] = {}
+        self.webhooks = webhooks  # "webhook.post" rows are HTTP posts to our endpoints, not WeChat API calls
         if "wecom.contacts" in apis:  # mark_tag is stored by tag names; WeCom wants corp tag ids
             self.prepare["contacts.mark_tag"] = CorpTags(apis["wecom.contacts"], sessions).prepare_mark_tag
 
     async def send(self, item: OutboxItem) -> None:
+        if item.kind == WEBHOOK_POST:
+            await self._send_webhook(item)
+            return
         credential, path, idempotent = OUTBOX_KINDS[item.kind]
         if not idempotent:
             if item.last_error == CALL_STARTED:
@@ -87,6 +94,14 @@ class OutboxSender:
         await self._close(item, "done", None)
         self.sent += 1
         metrics.SENT.labels(item.kind).inc()
+
+    async def _send_webhook(self, item: OutboxItem) -> None:
+        if self.webhooks is None:
+            await self._close(item, "failed", "webhooks are not set up in this sender")
+            return
+        if await self.webhooks.deliver(item):
+            self.sent += 1
+            metrics.SENT.labels(item.kind).inc()
 
     async def _follow_up(self, item: OutboxItem, credential: str, path: str, body: dict[str, Any]) -> None:
         """The row's own call succeeded: a failing follow-up is logged, not retried with it (no repeat)."""

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.customers import record
 from crm_store.growth_models import ReferralMilestone, RewardEntry, SocialStats
 from crm_store.growth_settings import RewardRule
 from crm_store.models import utcnow
@@ -89,6 +90,9 @@ async def reverse(session: AsyncSession, entry_id: int, reason: str) -> RewardEn
     )
     session.add(reversal)
     await session.flush()
+    await record(session, grant.customer_id, "reward.reversed", {"entry": reversal.id, "grant": grant.id,
+                                                                  "rule": grant.rule_id, "reward": grant.reward,
+                                                                  "reason": reversal.reason})
     return reversal
 
 
