@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser bench bench-nlu bench-flows bench-growth bench-nurture nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser bench bench-nlu bench-flows bench-growth bench-nurture bench-api nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
@@ -42,6 +42,9 @@ bench-growth: install  ## group-buys and reward triggers under 1,000-10,000 conc
 
 bench-nurture: install  ## 100,000 sequence steps due at once among 1,000,000 enrolments, 2 schedulers, one SIGKILLed, on PostgreSQL
 	$(BIN)/python bench/nurture.py
+
+bench-api: install  ## POST /orders rate and p99, a segment query and every report over 1,000,000 customers, on PostgreSQL
+	$(BIN)/python bench/api.py
 
 nlu-train: install rasa  ## train the intent model if its data or config changed
 	$(BIN)/scrm nlu train

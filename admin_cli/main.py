@@ -59,6 +59,7 @@ def echo_json(data: Any) -> None:
 
 
 from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
+    apikey_commands,
     campaign_commands,
     channel_commands,
     customer_commands,
@@ -68,16 +69,18 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     push_commands,
     referral_commands,
     rep_commands,
+    report_commands,
     sequence_commands,
     serve_command,
     try_command,
+    webhook_commands,
 )
 from admin_cli.nlu_commands import nlu_group  # noqa: E402
 
 cli.add_command(nlu_group, "nlu")
 
 __all__ = [
-    "cli", "echo_json", "settings_of", "campaign_commands", "channel_commands", "customer_commands", "flow_commands",
+    "cli", "echo_json", "settings_of", "apikey_commands", "campaign_commands", "channel_commands", "customer_commands", "flow_commands",
     "ops_commands", "referral_commands", "serve_command", "try_command", "handoff_commands", "rep_commands",
-    "push_commands", "sequence_commands",
+    "push_commands", "sequence_commands", "report_commands", "webhook_commands",
 ]
