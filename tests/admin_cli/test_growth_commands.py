@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.main import cli
 from bot.settings import load_settings
 from crm_store.campaigns import create_campaign, spec_from_mapping
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.group_buys import expire_due, join_group, open_group
 from crm_store.growth_models import Campaign, GroupBuy
 from crm_store.models import Customer, as_utc, utcnow
@@ -27,6 +21,7 @@ from crm_store.referrals import attribute, mark_converted
 from crm_store.rewards import qualify
 from crm_store.social import Counter, bump
 from crm_store.tags import sync_catalog
+from tests.admin_cli.harness import ScrmRunner
 from tests.conftest import Backend
 
 T = TypeVar("T")
@@ -35,34 +30,8 @@ STAGES = [stage.id for stage in SETTINGS.lifecycle.stages]
 CATALOG = {"拼团": ("拼团成功",), "意向": ("高意向", "低意向")}
 
 
-class Scrm:
+class Scrm(ScrmRunner):
     """`scrm` against one store, and that store for making data with the library functions."""
-
-    def __init__(self, store_url: str) -> None:
-        self.store_url = store_url
-        self.env = {"SCRM__STORE__URL": store_url, "SCRM__NLU__MODE": "rules", "SCRM__REDIS__URL": ""}
-
-    def __call__(self, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> Result:
-        result = CliRunner().invoke(cli, list(args), env=self.env | (env or {}))
-        if ok:
-            assert result.exit_code == 0, result.output
-        else:
-            assert result.exit_code != 0, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
-
-    def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            engine = create_engine(self.store_url)
-            try:
-                async with session_factory(engine)() as session, session.begin():
-                    return await work(session)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(go())
 
     def customers(self, *names: str) -> list[int]:
         async def work(session: AsyncSession) -> list[int]:

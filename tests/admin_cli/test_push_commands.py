@@ -2,56 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.main import cli
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.models import Customer, as_utc
 from crm_store.nurture_models import NurtureSend, Push
 from crm_store.tags import add_tags, sync_catalog
+from tests.admin_cli.harness import ScrmRunner
 from tests.conftest import Backend
 
 T = TypeVar("T")
 CATALOG = {"意向": ("高意向", "询价"), "营销": ("已退订",)}
 
 
-class Scrm:
-    """`scrm` against one store, and that store for making data with the library functions."""
+class Scrm(ScrmRunner):
+    """`scrm push` against one store, and that store for making data with the library functions."""
 
-    def __init__(self, store_url: str) -> None:
-        self.store_url = store_url
-        self.env = {"SCRM__STORE__URL": store_url, "SCRM__NLU__MODE": "rules", "SCRM__REDIS__URL": ""}
-
-    def __call__(self, *args: str, ok: bool = True) -> Result:
-        result = CliRunner().invoke(cli, ["push", *args], env=self.env)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
-
-    def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            engine = create_engine(self.store_url)
-            try:
-                async with session_factory(engine)() as session, session.begin():
-                    return await work(session)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(go())
+    command = ("push",)
+    failure_exit = -1
 
     def customer(self, name: str, tags: tuple[str, ...] = (), stage: str = "lead", opted_out: bool = False,
                  reach: str = "") -> int:

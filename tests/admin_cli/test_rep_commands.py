@@ -7,17 +7,16 @@ served on a local port in a thread of its own (the CLI runs `asyncio.run` itself
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
-from click.testing import CliRunner, Result
-from sqlalchemy import func, select
+from click.testing import CliRunner
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli.main import cli
@@ -26,12 +25,12 @@ from bot.sandbox.simulator import fake_for
 from bot.settings import load_settings
 from crm_store import handoffs
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.handoff_models import Handoff, Rep
 from crm_store.models import Customer, OutboxItem, TimelineEvent
 from crm_store.office_hours import ALWAYS
 from crm_store.reps import add_rep, mark_left
 from crm_store.tags import sync_catalog
+from tests.admin_cli.harness import ScrmRunner
 from tests.conftest import Backend
 
 T = TypeVar("T")
@@ -41,36 +40,14 @@ OFFICE = "(office) " + SETTINGS.handoff.office_hours
 BASE = datetime(2026, 11, 10, 2, 0, tzinfo=UTC)  # 10:00 on a Tuesday in Shanghai
 
 
-class Scrm:
+class Scrm(ScrmRunner):
     """`scrm` against one store (and, when given, an API base), and that store for making data."""
 
+    failure_exit = 1
+
     def __init__(self, store_url: str, api_url: str = "") -> None:
-        self.store_url = store_url
-        self.env = {"SCRM__STORE__URL": store_url, "SCRM__NLU__MODE": "rules", "SCRM__REDIS__URL": ""}
-        if api_url:
-            self.env |= {"SCRM__WECOM__API_BASE": api_url, "SCRM__OA__API_BASE": api_url}
-
-    def __call__(self, *args: str, ok: bool = True) -> Result:
-        result = CliRunner().invoke(cli, list(args), env=self.env)
-        if ok:
-            assert result.exit_code == 0, result.output
-        else:
-            assert result.exit_code == 1, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
-
-    def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            engine = create_engine(self.store_url)
-            try:
-                async with session_factory(engine)() as session, session.begin():
-                    return await work(session)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(go())
+        super().__init__(store_url, **({"SCRM__WECOM__API_BASE": api_url, "SCRM__OA__API_BASE": api_url}
+                                       if api_url else {}))
 
     def customer(self, name: str, stage: str = "lead", reach: bool = False) -> int:
         async def work(session: AsyncSession) -> int:
@@ -90,12 +67,6 @@ class Scrm:
                 await add_rep(session, userid, hours=ALWAYS, capacity=10)
 
         self.run(work)
-
-    def count(self, model: type[Any]) -> int:
-        async def work(session: AsyncSession) -> int:
-            return int(await session.scalar(select(func.count()).select_from(model)) or 0)
-
-        return self.run(work)
 
 
 @dataclass(frozen=True)

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import shutil
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
-from sqlalchemy import func, select, update
+from click.testing import CliRunner
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli import sequence_commands
 from admin_cli.main import cli
 from bot.settings import load_settings
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.nurture_models import Enrolment, NurtureSend, SequenceState, SequenceVersion
 from crm_store.tags import add_tags, sync_catalog
 from flows.loader import load_sources
 from flows.sequences import load_sequences
+from tests.admin_cli.harness import ScrmRunner
 from tests.conftest import Backend
 
 T = TypeVar("T")
@@ -54,38 +51,20 @@ BAD = {  # what is wrong -> (the file, its line, what the error says)
 }
 
 
-class Scrm:
+class Scrm(ScrmRunner):
     """`scrm sequences` against one store and one flow directory, and that store for making data."""
 
+    command = ("sequences",)
+    failure_exit = -1
+
     def __init__(self, store_url: str, directory: Path) -> None:
-        self.store_url, self.directory = store_url, directory
-        self.env = {"SCRM__STORE__URL": store_url, "SCRM__FLOWS__DIRECTORY": str(directory),
-                    "SCRM__NLU__MODE": "rules", "SCRM__REDIS__URL": ""}
-
-    def __call__(self, *args: str, ok: bool = True) -> Result:
-        result = CliRunner().invoke(cli, ["sequences", *args], env=self.env)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
+        super().__init__(store_url, SCRM__FLOWS__DIRECTORY=str(directory))
+        self.directory = directory
 
     def write(self, name: str, text: str) -> Path:
         path = self.directory / "sequences" / name
         path.write_text(text, encoding="utf-8")
         return path
-
-    def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            engine = create_engine(self.store_url)
-            try:
-                async with session_factory(engine)() as session, session.begin():
-                    return await work(session)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(go())
 
     def customer(self, name: str, tags: tuple[str, ...] = (), opted_out: bool = False) -> int:
         async def work(session: AsyncSession) -> int:
@@ -97,8 +76,6 @@ class Scrm:
 
         return self.run(work)
 
-    def count(self, model: type[Any]) -> int:
-        return self.run(lambda session: session.scalar(select(func.count()).select_from(model)))  # type: ignore[arg-type,return-value]
 
     def rows(self) -> tuple[int, ...]:
         return tuple(self.count(model) for model in (SequenceVersion, SequenceState, Enrolment, NurtureSend))

@@ -2,56 +2,32 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.main import cli
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import Lifecycle, set_stage
 from crm_store.models import OutboxItem, TimelineEvent
 from crm_store.webhooks import WebhookError, check_url
+from tests.admin_cli.harness import ScrmRunner
 from tests.bot.conftest import make_settings
 from tests.conftest import Backend
 
 T = TypeVar("T")
 
 
-class Scrm:
-    def __init__(self, store_url: str) -> None:
-        self.store_url = store_url
-        self.env = {"SCRM__STORE__URL": store_url, "SCRM__NLU__MODE": "rules", "SCRM__REDIS__URL": ""}
-
-    def __call__(self, *args: str, ok: bool = True) -> Result:
-        result = CliRunner().invoke(cli, ["webhooks", *args], env=self.env)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self(*args, "--json").stdout)
-
-    def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async def go() -> T:
-            engine = create_engine(self.store_url)
-            try:
-                async with session_factory(engine)() as session, session.begin():
-                    return await work(session)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(go())
+class Scrm(ScrmRunner):
+    command = ("webhooks",)
+    failure_exit = -1
 
 
 class Receiver(BaseHTTPRequestHandler):
