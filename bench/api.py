@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pg_database import fresh_database  # noqa: E402
 from bot.app import create_app  # noqa: E402
 from bot.settings import Settings, load_settings  # noqa: E402
 from crm_store import reports, reports_bot  # noqa: E402
@@ -61,7 +61,6 @@ from crm_store.api_keys import create_key  # noqa: E402
 from crm_store.db import session_factory  # noqa: E402
 from crm_store.enrolments import publish  # noqa: E402
 from crm_store.lifecycle import Lifecycle  # noqa: E402
-from crm_store.migrate import upgrade_async  # noqa: E402
 from crm_store.models import Customer, utcnow  # noqa: E402
 from crm_store.segments import Segment, count_and_sample, segment_conditions, segment_query  # noqa: E402
 from flows.sequences import load_sequences  # noqa: E402
@@ -672,28 +671,9 @@ async def check_orders(dsn: str, orders: Load, healthz: Load, settings: Settings
 
 
 # --- the run and its report ----------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def fresh_database(admin_dsn: str, keep: bool) -> AsyncIterator[tuple[str, str]]:
-    """A new database, migrated; yields (SQLAlchemy URL, DSN)."""
-    database = f"scrm_bench_api_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    host = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    url, dsn = f"postgresql+asyncpg://{host}/{database}", f"postgresql://{host}/{database}"
-    try:
-        await upgrade_async(url)
-        yield url, dsn
-    finally:
-        if keep:
-            print(f"database kept: {dsn}")
-        else:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-
-
 async def bench(args: argparse.Namespace) -> tuple[Report, Loaded]:
     report = Report()
-    async with fresh_database(args.pg_admin_dsn, args.keep) as (url, dsn):
+    async with fresh_database(args.pg_admin_dsn, args.keep, "api") as (url, dsn):
         settings = bench_settings(url)
         started = time.perf_counter()
         loaded = await load(dsn, args.customers, Lifecycle(settings.lifecycle))

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import random
-import secrets
 import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -47,13 +45,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pg_database import fresh_database  # noqa: E402
 from crm_store import group_buys, referrals, rewards, social  # noqa: E402
 from crm_store.campaigns import create_campaign, spec_from_mapping  # noqa: E402
 from crm_store.customers import resolve_customer  # noqa: E402
 from crm_store.db import session_factory  # noqa: E402
 from crm_store.growth_models import Campaign, GroupBuy, GroupMember, ReferralMilestone, RewardEntry  # noqa: E402
 from crm_store.growth_settings import GrowthSettings, RewardRule  # noqa: E402
-from crm_store.migrate import upgrade_async  # noqa: E402
 from crm_store.models import Customer, utcnow  # noqa: E402
 
 PG_ADMIN = os.environ.get("SCRM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -349,33 +347,13 @@ def check_tree(tree: Tree, fanout: int, results: dict[str, Any], report: Report)
     report.check(f"social value of one customer: {friends} friends, score {score:g}", friends == fanout)
 
 
+REFERENCE_TABLE = "CREATE TABLE bench_counter (id int PRIMARY KEY, n int NOT NULL); INSERT INTO bench_counter VALUES (1, 0)"
+
+
 # --- the run and its report ----------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def fresh_database(admin_dsn: str, keep: bool) -> AsyncIterator[tuple[str, str]]:
-    """A new database, migrated, with the reference's one-row table; yields (SQLAlchemy URL, DSN)."""
-    database = f"scrm_bench_growth_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    host = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    url, dsn = f"postgresql+asyncpg://{host}/{database}", f"postgresql://{host}/{database}"
-    try:
-        await upgrade_async(url)
-        connection = await asyncpg.connect(dsn)
-        await connection.execute("CREATE TABLE bench_counter (id int PRIMARY KEY, n int NOT NULL);"
-                                 "INSERT INTO bench_counter VALUES (1, 0)")
-        await connection.close()
-        yield url, dsn
-    finally:
-        if keep:
-            print(f"database kept: {dsn}")
-        else:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-
-
 async def bench(args: argparse.Namespace) -> Report:
     report = Report()
-    async with fresh_database(args.pg_admin_dsn, args.keep_db) as (url, dsn):
+    async with fresh_database(args.pg_admin_dsn, args.keep_db, "growth", REFERENCE_TABLE) as (url, dsn):
         # crm_store.db.create_engine has a fixed pool of 10 + 10; the bench needs one connection per worker.
         engine = create_async_engine(url, pool_size=args.concurrency, max_overflow=0)
         sessions = session_factory(engine)

@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import random
-import secrets
 import signal
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pg_database import fresh_database  # noqa: E402
 from bot.app import with_api_base  # noqa: E402
 from bot.nurture_dispatch import NurtureDispatcher, Outcome  # noqa: E402
 from bot.queue_runner import QueueRunner  # noqa: E402
@@ -71,7 +71,6 @@ from bot.settings import Settings, load_settings  # noqa: E402
 from crm_store.db import session_factory  # noqa: E402
 from crm_store.enrolments import publish  # noqa: E402
 from crm_store.lifecycle import Lifecycle  # noqa: E402
-from crm_store.migrate import upgrade_async  # noqa: E402
 from crm_store.models import OutboxItem  # noqa: E402
 from crm_store.nurture_models import NurtureSend  # noqa: E402
 from crm_store.shared_state import open_shared_state  # noqa: E402
@@ -584,25 +583,6 @@ async def api_sends(sessions: Sessions, connection: asyncpg.Connection, settings
 
 
 # --- the run and its report ----------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def fresh_database(admin_dsn: str, keep: bool) -> AsyncIterator[tuple[str, str]]:
-    """A new database, migrated; yields (SQLAlchemy URL, DSN)."""
-    database = f"scrm_bench_nurture_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{database}"')
-    host = admin_dsn.split("://", 1)[1].rsplit("/", 1)[0]
-    url, dsn = f"postgresql+asyncpg://{host}/{database}", f"postgresql://{host}/{database}"
-    try:
-        await upgrade_async(url)
-        yield url, dsn
-    finally:
-        if keep:
-            print(f"database kept: {dsn}")
-        else:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        await admin.close()
-
-
 async def setup(sessions: Sessions, dsn: str, plan: Plan, settings: Settings, report: Report) -> None:
     started = time.perf_counter()
     await publish_sequence(sessions, settings)
@@ -621,7 +601,7 @@ async def setup(sessions: Sessions, dsn: str, plan: Plan, settings: Settings, re
 
 async def bench(args: argparse.Namespace) -> tuple[Report, Plan]:
     report = Report()
-    async with fresh_database(args.pg_admin_dsn, args.keep) as (url, dsn):
+    async with fresh_database(args.pg_admin_dsn, args.keep, "nurture") as (url, dsn):
         settings = bench_settings(url, args.batch)
         plan = make_plan(args, ZoneInfo(settings.nurture.timezone), settings.nurture.cap_per_day)
         engine = create_async_engine(url, pool_size=POOL, max_overflow=0)
