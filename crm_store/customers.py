@@ -139,12 +139,23 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
         )
     await merge_growth(session, keep.id, absorb.id)
     await merge_handoffs(session, keep.id, absorb.id)
+    keep.stages_reached = add_stages(keep.stages_reached, *stages_of(absorb.stages_reached, absorb.stage))
     absorb.merged_into_id = keep.id
     if keep.entry_channel_id is None:
         keep.entry_channel_id = absorb.entry_channel_id
     if not keep.display_name:
         keep.display_name = absorb.display_name
     await record(session, keep.id, "customer.merged", {"absorbed_customer_id": absorb.id})
+
+
+def add_stages(stages_reached: str | None, *stages: str) -> str:
+    """`Customer.stages_reached` with `stages` added: sorted, comma-separated, each once."""
+    return ",".join(sorted({*stages_of(stages_reached), *stages} - {""}))
+
+
+def stages_of(stages_reached: str | None, current: str = "") -> set[str]:
+    """Every stage a customer has reached: its `stages_reached` and its current stage."""
+    return {stage for stage in (stages_reached or "").split(",") if stage} | ({current} if current else set())
 
 
 def _duplicate_key(model: type[CustomerTag] | type[IntentCount]) -> Any:

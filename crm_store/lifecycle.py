@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import ColumnElement, Select, SQLColumnExpression, distinct, exists, func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_store.customers import record
+from crm_store.customers import add_stages, record
 from crm_store.models import Customer, StageChange, utcnow
 from flows.settings import LifecycleSettings
 
@@ -97,6 +97,7 @@ async def set_stage(
     )
     customer.stage = target
     customer.stage_changed_at = now
+    customer.stages_reached = add_stages(customer.stages_reached, current, target)
     await record(session, customer.id, "stage.changed", {"from": current, "to": target, "reason": reason})
     return True
 

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.models import as_utc, utcnow
 from crm_store.nurture_models import NurtureSend, Push
-from crm_store.segments import Segment, segment_query
+from crm_store.segments import Segment, segment_query, tag_ids
 from flows.templates import TemplateError, parse_template
 
 PUSH_FIELDS = ("customer.name", "customer.stage_label", "customer.id")
@@ -90,7 +90,7 @@ async def create_push(session: AsyncSession, name: str, segment: Segment, text: 
         session.add(push)
         await session.flush()
         columns = NurtureSend.__table__.c
-        audience = segment_query(segment, now, exclude_opted_out=True).add_columns(
+        audience = segment_query(segment, now, True, await tag_ids(session, segment)).add_columns(
             literal(push.id, columns.push_id.type), literal("", columns.step.type), literal(0, columns.step_index.type),
             literal(at, columns.due_at.type), literal("pending", columns.status.type), literal("", columns.reason.type),
             literal("", columns.via.type), literal(0, columns.deferrals.type))

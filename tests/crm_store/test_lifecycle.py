@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_store.customers import Profile, resolve_customer, timeline
+from crm_store.customers import Profile, merge_customers, resolve_customer, timeline
 from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import (
     FunnelRow,
@@ -22,6 +22,7 @@ from crm_store.lifecycle import (
     transitions,
 )
 from crm_store.models import Customer, StageChange
+from crm_store.reports import funnel_report
 from flows.settings import LifecycleSettings
 from tests.conftest import Backend
 
@@ -133,6 +134,26 @@ async def test_funnel_counts_current_and_reached_with_conversions(sessions: Sess
         FunnelRow("loyal", "忠诚", current=0, reached=0, conversion_from_previous=0.0),
         FunnelRow("churned", "流失", current=1, reached=1, conversion_from_previous=None),
     ]
+
+
+async def test_stages_reached_follow_moves_and_merges_and_agree_with_the_stage_history(sessions: Sessions) -> None:
+    ids = await make_population(sessions)
+    async with sessions() as session:
+        history = {row.stage: row.reached for row in await funnel(session, LIFECYCLE)}
+        report = await funnel_report(session, None, None, lifecycle=LIFECYCLE)
+        churned = await session.get_one(Customer, ids["churned"])
+    assert {row.stage: row.reached for row in report.stages} == history  # counted without the history
+    assert churned.stages_reached == "churned,interested,lead"
+    async with sessions() as session, session.begin():
+        keep, absorb = await session.get_one(Customer, ids["only_lead"]), await session.get_one(Customer, ids["bought"])
+        assert keep.stages_reached == ""  # never moved: its current stage is all it has reached
+        await merge_customers(session, keep, absorb)
+        assert keep.stages_reached == "customer,interested,lead" and keep.stage == "lead"
+    async with sessions() as session:
+        merged = await funnel_report(session, None, None, lifecycle=LIFECYCLE)
+        history = {row.stage: row.reached for row in await funnel(session, LIFECYCLE)}
+    assert {row.stage: row.reached for row in merged.stages} == history
+    assert merged.new_customers == 4
 
 
 async def test_funnel_since_counts_only_entries_in_the_window(sessions: Sessions) -> None:

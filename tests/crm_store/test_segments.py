@@ -14,7 +14,14 @@ from crm_store.customers import Profile, resolve_customer
 from crm_store.db import create_engine, session_factory
 from crm_store.growth_models import EntryChannel, SocialStats
 from crm_store.lifecycle import Lifecycle
-from crm_store.segments import Segment, SegmentError, checked_segment, count_and_sample, segment_query
+from crm_store.segments import (
+    Segment,
+    SegmentError,
+    checked_segment,
+    count_and_sample,
+    segment_query,
+    tag_ids,
+)
 from crm_store.tags import add_tags, sync_catalog
 from flows.settings import LifecycleSettings
 from tests.conftest import Backend
@@ -87,9 +94,14 @@ async def people(sessions: Sessions) -> dict[str, int]:
 
 
 async def members(sessions: Sessions, people: dict[str, int], segment: Segment, **options: bool) -> set[str]:
+    """Who the segment holds; the same with its tags named, given by id, or some of them by id only."""
     names = {customer_id: name for name, customer_id in people.items()}
     async with sessions() as session:
+        ids = await tag_ids(session, segment)
         found = set(await session.scalars(segment_query(segment, **options)))
+        by_id = set(await session.scalars(segment_query(segment, ids=ids, **options)))
+        some = set(await session.scalars(segment_query(segment, ids=dict(list(ids.items())[:1]), **options)))
+    assert found == by_id == some
     assert found <= set(names), "a merged customer is never in a segment"
     return {names[customer_id] for customer_id in found}
 
