@@ -62,7 +62,7 @@ from crm_store.db import session_factory  # noqa: E402
 from crm_store.enrolments import publish  # noqa: E402
 from crm_store.lifecycle import Lifecycle  # noqa: E402
 from crm_store.models import Customer, utcnow  # noqa: E402
-from crm_store.segments import Segment, count_and_sample, segment_conditions, segment_query  # noqa: E402
+from crm_store.segments import Segment, count_and_sample, segment_conditions, segment_query, tag_ids  # noqa: E402
 from flows.sequences import load_sequences  # noqa: E402
 
 PG_ADMIN = os.environ.get("SCRM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -158,6 +158,7 @@ class Loaded:
     enrolments: int = 0
     sends: int = 0
     pushes: int = PUSHES
+    reached: Counter[str] = field(default_factory=Counter)  # stage -> customers who have been in it
 
     def describe(self) -> str:
         return (f"{self.customers:,} customers, {self.tag_rows:,} tag links ({len(self.tag_names)} tags), "
@@ -224,10 +225,14 @@ async def load_customers(connection: asyncpg.Connection, people: People, loaded:
                    True, start) for k in range(1, CHANNELS + 1)])
     channels = [rng.randint(1, CHANNELS) if rng.random() < 0.7 else None for _ in range(people.count + 1)]
     loaded.with_channel = sum(1 for channel in channels[1:] if channel is not None)
+    reached = {stage: sorted({stage, *(end for move in moves for end in move)}) for stage, moves in HISTORY.items()}
+    for stage in people.stage[1:]:
+        loaded.reached.update(reached.get(stage, [stage]))
     await copy(connection, "customers", "id display_name created_at last_seen_at stage stage_changed_at "
-               "entry_channel_id", (
+               "entry_channel_id stages_reached", (
                    (k, f"客户{k}", moment(people.created[k]), moment(people.seen[k]), people.stage[k],
-                    moment(people.created[k]), channels[k]) for k in range(1, people.count + 1)))
+                    moment(people.created[k]), channels[k], ",".join(reached.get(people.stage[k], [])))
+                   for k in range(1, people.count + 1)))
     await copy(connection, "tags", "id name group_name created_at",
                [(k + 1, name, "bench", start) for k, name in enumerate(loaded.tag_names)])
     weights = [1 / (k + 1) ** 0.6 for k in range(TAGS)]  # the first tags are the commonest
@@ -458,7 +463,7 @@ async def segment_queries(sessions: Sessions, dsn: str, loaded: Loaded, args: ar
     probe = random.Random(5)
 
     async def bare_ids(session: AsyncSession) -> list[int]:
-        return list(await session.scalars(segment_query(segment, now).limit(100)))
+        return list(await session.scalars(segment_query(segment, now, ids=await tag_ids(session, segment)).limit(100)))
 
     queries: dict[str, Callable[[AsyncSession], Awaitable[Any]]] = {
         "customer by primary key (reference)": lambda s: s.get(Customer, probe.randint(1, loaded.customers)),
@@ -501,8 +506,9 @@ async def check_segment(dsn: str, loaded: Loaded, segment: Segment, now: datetim
 
 
 async def explain_segment(sessions: Sessions, dsn: str, segment: Segment, now: datetime, report: Report) -> None:
-    query = select(func.count()).select_from(Customer).where(*segment_conditions(segment, now))
     async with sessions() as session:
+        query = select(func.count()).select_from(Customer).where(
+            *segment_conditions(segment, now, ids=await tag_ids(session, segment)))
         compiled = query.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
     report.plans.append(("segment count (count_and_sample's first query)",
                          plan_summary(await explain(dsn, str(compiled), ()))))
@@ -552,6 +558,7 @@ def check_reports(results: dict[str, Any], loaded: Loaded, report: Report) -> No
     bots, nlu = results["bots"], results["nlu"]
     figures = [
         ("funnel new customers", funnel.new_customers, loaded.customers),
+        *((f"funnel reached {line.stage}", line.reached, loaded.reached[line.stage]) for line in funnel.stages),
         ("channels adds", sum(line.adds for line in channels), loaded.with_channel),
         ("groups opened", sum(line.groups_opened for line in groups), loaded.groups),
         ("referral friends", referrals.friends, loaded.referrals),
