@@ -58,5 +58,10 @@ def when(at: datetime | None) -> str:
     return f"{(at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone():%Y-%m-%d %H:%M}"
 
 
+def fields(data: dict[str, Any]) -> str:
+    """An event's data as `key=value …` in key order: the same on every store (PostgreSQL's JSONB keeps none)."""
+    return " ".join(f"{key}={value}" for key, value in sorted(data.items()))
+
+
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(function)

@@ -15,7 +15,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.common import in_store, json_option, table, when
+from admin_cli.common import fields, in_store, json_option, table, when
 from admin_cli.flow_commands import published
 from admin_cli.main import cli, echo_json, settings_of
 from crm_store.customer_queries import CustomerCard, GrowthCard, Sort, customer_card, find_customers
@@ -139,8 +139,7 @@ def _print_card(card: CustomerCard, flow: dict[str, Any] | None) -> None:
         click.echo(f"  {when(move.at)}  {move.from_stage} → {move.to_stage}  {move.reason}".rstrip())
     click.echo("timeline (newest first):")
     for entry in card.timeline:
-        data = " ".join(f"{key}={value}" for key, value in entry.data.items())
-        click.echo(f"  {when(entry.at)}  {entry.kind:<18} {data}".rstrip())
+        click.echo(f"  {when(entry.at)}  {entry.kind:<18} {fields(entry.data)}".rstrip())
 
 
 def _print_growth(growth: GrowthCard) -> None:

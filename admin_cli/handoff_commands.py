@@ -13,7 +13,7 @@ from datetime import datetime
 import click
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.common import in_store, json_option, table, when
+from admin_cli.common import fields, in_store, json_option, table, when
 from admin_cli.main import cli, echo_json, settings_of
 from bot.events import Notify, SideEffect, ToRep
 from bot.handoff_desk import DeskError, HandoffDesk
@@ -130,8 +130,7 @@ def _print_detail(detail: HandoffDetail, lifecycle: Lifecycle) -> None:
                    f"{lifecycle.label(r.outcome_stage)}")
     click.echo("events:" if detail.events else "events: none")
     for event in detail.events:
-        data = " ".join(f"{key}={value}" for key, value in event.data.items())
-        click.echo(f"  {when(event.at)}  {event.kind:<24} {data}".rstrip())
+        click.echo(f"  {when(event.at)}  {event.kind:<24} {fields(event.data)}".rstrip())
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def test_show_tells_the_story_of_one_handoff(scrm: Scrm) -> None:
     assert [part.split(":")[0] for part in lines[3].split("   ")] == [
         "opened", "offered", "taken", "first response", "closed"]
     assert lines[4] == "closed by: rep   stage: 潜在 → 意向"
-    assert lines[5] == "events:" and lines[-1].split()[2:] == ["handoff.closed", f"handoff={shown}", "by=rep",
+    assert lines[5] == "events:" and lines[-1].split()[2:] == ["handoff.closed", "by=rep", f"handoff={shown}",
                                                               "rep=lisi"]
     assert "no handoff 999 (see: scrm handoffs list --all)" in scrm("handoffs", "show", "999", ok=False).output
 
