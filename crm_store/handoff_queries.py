@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -187,21 +187,21 @@ class _Tally:
 async def rep_figures(session: AsyncSession, since: datetime | None = None) -> list[RepFigures]:
     """Per rep (active ones, and departed ones with handoffs since `since`), by userid."""
     reps = {rep.userid: rep for rep in await session.scalars(select(Rep).order_by(Rep.userid))}
-    tallies: dict[str, _Tally] = {}
-    handoffs = await session.execute(  # the columns counted, not whole ORM objects (most of the time, by many)
+    tallies: defaultdict[str, _Tally] = defaultdict(_Tally)
+    handoffs = await session.execute(  # the columns counted, not whole ORM objects
         select(Handoff.tried, Handoff.rep_userid, Handoff.status, Handoff.taken_at, Handoff.offered_at,
                Handoff.first_response_at, Handoff.closed_by, Handoff.outcome_stage, Handoff.stage_at_start)
         .where(_since(since)).order_by(Handoff.id))
     for handoff in handoffs:
         for userid in {str(u) for u in handoff.tried or []}:
-            tallies.setdefault(userid, _Tally()).offered += 1
+            tallies[userid].offered += 1
         if handoff.rep_userid is not None:
-            tallies.setdefault(handoff.rep_userid, _Tally()).add_own(handoff)
+            tallies[handoff.rep_userid].add_own(handoff)
     open_now = await session.execute(
         select(Handoff.rep_userid).where(Handoff.status.in_(OPEN_STATUSES), Handoff.rep_userid.is_not(None))
     )
     for (holder,) in open_now.tuples():
-        tallies.setdefault(str(holder), _Tally()).open_now += 1
+        tallies[str(holder)].open_now += 1
     wanted = sorted({userid for userid, rep in reps.items() if rep.active} | set(tallies))
     return [_figures(userid, reps.get(userid), tallies.get(userid, _Tally())) for userid in wanted]
 
