@@ -19,17 +19,45 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Text,
+    TypeDecorator,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
-# A document that reports read by key: PostgreSQL keeps JSONB parsed, where `json ->> 'key'`
-# parses each row's text again (4x slower over the timeline's millions of messages).
-JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+class JsonDocument(TypeDecorator[Any]):
+    """JSON that reports read by key: JSONB on PostgreSQL, kept parsed, where `json ->> 'key'`
+    parses each row's text again (4x slower over the timeline's millions of messages).
+
+    JSONB cannot hold U+0000, and a customer can type it: it is dropped from strings on the way in.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return without_nul(value)
+
+
+def without_nul(value: Any) -> Any:
+    """`value` with U+0000 removed from every string in it, keys included."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {without_nul(key): without_nul(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(item) for item in value]
+    return value
 
 
 def utcnow() -> datetime:
@@ -101,7 +129,7 @@ class TimelineEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
     kind: Mapped[str] = mapped_column(String(64))
-    data: Mapped[dict[str, Any]] = mapped_column(JsonDocument, default=dict)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonDocument(), default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
 
 

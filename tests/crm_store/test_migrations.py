@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.customers import record
 from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import Lifecycle, funnel
 from crm_store.migrate import upgrade_async
+from crm_store.models import TimelineEvent
 from crm_store.reports import funnel_report
 from crm_store.reports_bot import nlu_report
 from flows.settings import LifecycleSettings
@@ -32,8 +35,14 @@ INSERT INTO timeline_events (customer_id, kind, data, created_at) VALUES
   (1, 'inbound.message', '{"text": "asdf", "intent": "nlu_fallback", "confidence": 0.2, "intent_source": "rasa"}',
    '2026-11-02 10:00:00'),
   (2, 'inbound.message', '{"text": "多少钱", "intent": "ask_price", "confidence": 0.9, "intent_source": "rasa"}',
-   '2026-11-02 10:00:00');
+   '2026-11-02 10:00:00'),
+  (3, 'inbound.message', '{"text": "a\\u0000b \\\\u0000 typed"}', '2026-11-10 10:00:00');
 """
+
+
+async def _texts(session: AsyncSession, customer_id: int) -> list[dict[str, object]]:
+    return list(await session.scalars(select(TimelineEvent.data).where(TimelineEvent.customer_id == customer_id)
+                                      .order_by(TimelineEvent.id)))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -70,6 +79,10 @@ async def test_0008_fills_in_stages_reached_from_the_history_and_keeps_the_timel
             report = await funnel_report(session, None, None, lifecycle=LIFECYCLE)
             history = {row.stage: row.reached for row in await funnel(session, LIFECYCLE)}
             nlu = await nlu_report(session, None, None)
+            texts = await _texts(session, customer_id=3)
+            await record(session, 3, "inbound.message", {"text": "c\x00d", "from\x00": ["e\x00"]})
+            await session.commit()
+            texts += await _texts(session, customer_id=3)
             if engine.dialect.name == "postgresql":
                 kind = await session.scalar(text("SELECT pg_typeof(data)::text FROM timeline_events LIMIT 1"))
                 assert kind == "jsonb"
@@ -79,5 +92,8 @@ async def test_0008_fills_in_stages_reached_from_the_history_and_keeps_the_timel
     assert {row.stage: row.reached for row in report.stages} == history
     assert history["lead"] == 3 and history["interested"] == 2 and history["customer"] == 1
     assert [(week.week, week.new_customers) for week in report.weeks] == [("2026-11-02", 2), ("2026-11-09", 1)]
-    assert (nlu.messages, nlu.parsed, nlu.fallback, nlu.low_confidence, nlu.by_source) == (2, 2, 1, 1, {"rasa": 2})
+    assert (nlu.messages, nlu.parsed, nlu.fallback, nlu.low_confidence, nlu.by_source) == (3, 2, 1, 1, {"rasa": 2})
+    nul = "" if store_at_0007.startswith("postgresql") else "\x00"  # JSONB cannot hold it; json and SQLite can
+    assert texts[0] == {"text": f"a{nul}b \\u0000 typed"}  # a typed backslash-u0000 is text, kept
+    assert texts[-1] == {"text": "cd", "from": ["e"]}  # written: dropped everywhere, so one store behaves as the other
     assert [(said.text, said.count) for said in nlu.top_unknown] == [("asdf", 1)]

@@ -5,6 +5,9 @@ Revises: 0007
 Create Date: 2026-11-23 18:20:00.000000
 """
 
+import json
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -46,7 +49,29 @@ def upgrade() -> None:
         batch_op.drop_index('ix_customer_tags_tag_id')
         batch_op.create_index('ix_customer_tags_tag_customer', ['tag_id', 'customer_id'], unique=False)
     if dialect == "postgresql":
+        _drop_nul_characters()
         op.alter_column('timeline_events', 'data', type_=postgresql.JSONB(), postgresql_using='data::jsonb')
+
+
+def _drop_nul_characters() -> None:
+    """JSONB cannot hold U+0000, which json kept (a customer can type it): those rows lose it first,
+    or the conversion fails. The search also finds a typed backslash-u0000, which decoding leaves alone."""
+    connection = op.get_bind()
+    rows = connection.execute(sa.text(
+        r"SELECT id, data::text FROM timeline_events WHERE strpos(data::text, '\u0000') > 0")).all()
+    for event_id, raw in rows:
+        connection.execute(sa.text("UPDATE timeline_events SET data = CAST(:data AS json) WHERE id = :id"),
+                           {"id": event_id, "data": json.dumps(_without_nul(json.loads(raw)), ensure_ascii=False)})
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def downgrade() -> None:
