@@ -11,8 +11,10 @@ customer_id) lists a tag's customers by itself), so PostgreSQL runs them as semi
 many customers there are; nothing is loaded into Python. Given the tags' ids (`tag_ids`) the
 query's text names them (not bound parameters, which a cached generic plan would not look at):
 the planner then sees how common each tag is, where a subquery by name leaves it guessing (a
-common tag's count took 2-3 times longer on a million customers). `checked_segment` names every unknown tag, stage and channel before a
-segment is used: a typo must not silently mean "nobody" (or, for not_tags, "everybody").
+common tag's count took 2-3 times longer on a million customers).
+
+`checked_segment` names every unknown tag, stage and channel before a segment is used: a typo
+must not silently mean "nobody" (or, for not_tags, "everybody").
 """
 
 from __future__ import annotations
