@@ -53,6 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.checks import exit_status, print_checks  # noqa: E402
 from bench.pg_database import fresh_database  # noqa: E402
 from bot.app import create_app  # noqa: E402
 from bot.settings import Settings, load_settings  # noqa: E402
@@ -739,10 +740,7 @@ def print_report(report: Report, loaded: Loaded, args: argparse.Namespace, elaps
     print(f"goal segment p99 < {SEGMENT_GOAL_MS:.0f} ms: {segment_p99:.1f} ms: "
           f"{'met' if segment_p99 < SEGMENT_GOAL_MS else 'not met'}")
     print(f"goal every report < {REPORT_GOAL_S:.0f} s: " + ("met" if not slow else f"not met ({', '.join(slow)})"))
-    print("checks:")
-    for name, passed in report.checks:
-        print(f"  {'ok    ' if passed else 'FAILED'} {name}")
-    print(f"run time {elapsed_s:.1f} s (setup included)")
+    print_checks(report.checks, elapsed_s)
 
 
 def main() -> int:
@@ -763,7 +761,7 @@ def main() -> int:
     started = time.perf_counter()
     report, loaded = asyncio.run(bench(args))
     print_report(report, loaded, args, time.perf_counter() - started)
-    return 0 if all(passed for _name, passed in report.checks) else 1
+    return exit_status(report.checks)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.checks import exit_status, print_checks  # noqa: E402
 from bench.pg_database import fresh_database  # noqa: E402
 from crm_store import group_buys, referrals, rewards, social  # noqa: E402
 from crm_store.campaigns import create_campaign, spec_from_mapping  # noqa: E402
@@ -397,10 +398,7 @@ def print_report(report: Report, args: argparse.Namespace, elapsed_s: float) -> 
         ordered, p50 = sorted(times), statistics.median(times)
         p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
         print(f"{name:38}{p50:8.2f}{p95:8.2f}{p50 / reference_ms:7.1f}{'yes' if p95 < GOAL_MS else 'NO':>10}")
-    print("checks:")
-    for name, passed in report.checks:
-        print(f"  {'ok    ' if passed else 'FAILED'} {name}")
-    print(f"run time {elapsed_s:.1f} s (setup included)")
+    print_checks(report.checks, elapsed_s)
 
 
 def main() -> int:
@@ -417,7 +415,7 @@ def main() -> int:
     started = time.perf_counter()
     report = asyncio.run(bench(args))
     print_report(report, args, time.perf_counter() - started)
-    return 0 if all(passed for _name, passed in report.checks) else 1
+    return exit_status(report.checks)
 
 
 if __name__ == "__main__":

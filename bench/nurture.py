@@ -60,6 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.checks import exit_status, print_checks  # noqa: E402
 from bench.pg_database import fresh_database  # noqa: E402
 from bot.app import with_api_base  # noqa: E402
 from bot.nurture_dispatch import NurtureDispatcher, Outcome  # noqa: E402
@@ -655,10 +656,7 @@ def print_report(report: Report, plan: Plan, args: argparse.Namespace, elapsed_s
           "up the rest)")
     for name, per_s in (("decisions", nurture.per_s()), ("sent", nurture.per_s(plan.expected_sent))):
         print(f"goal ≥ {GOAL_PER_S:,.0f}/s ({name}): {per_s:,.0f}/s: {'met' if per_s >= GOAL_PER_S else 'not met'}")
-    print("checks:")
-    for name, passed in report.checks:
-        print(f"  {'ok    ' if passed else 'FAILED'} {name}")
-    print(f"run time {elapsed_s:.1f} s (setup included)")
+    print_checks(report.checks, elapsed_s)
 
 
 def main() -> int:
@@ -685,7 +683,7 @@ def main() -> int:
     started = time.perf_counter()
     report, plan = asyncio.run(bench(args))
     print_report(report, plan, args, time.perf_counter() - started)
-    return 0 if all(passed for _name, passed in report.checks) else 1
+    return exit_status(report.checks)
 
 
 if __name__ == "__main__":
