@@ -3,47 +3,41 @@
 As with the other jobs, APScheduler is only the clock: the position lives in the
 `webhook_cursors` row, locked while a batch is read and queued, and every outbox row has
 the dedup key `webhook:<endpoint id>:<timeline id>`, so any number of instances can run
-the feed and each event is queued once per endpoint. Events are read only once they
-are `settle_s` old, so a transaction that committed after a later-numbered one is not
-skipped.
+the feed and each event is queued once per endpoint. On PostgreSQL only events of
+transactions that have ended are read (crm_store.webhooks), so one that commits late, after
+events numbered above its own were queued, is still read in full.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from crm_store.models import utcnow
-from crm_store.webhooks import feed_batch, settle_cutoff
+from crm_store.webhooks import feed_batch
 
 log = logging.getLogger("scrm.webhooks")
 
 BATCH = 500
-SETTLE_S = 5.0
 
 
 class WebhookFeed:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], interval_s: float, settle_s: float = SETTLE_S
-                 ) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], interval_s: float) -> None:
         self.sessions = sessions
         self.interval_s = interval_s
-        self.settle_s = settle_s
         self.on_outbox = lambda: None
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
         scheduler.add_job(self.run_due, "interval", seconds=self.interval_s, id="webhook-feed",
                           max_instances=1, coalesce=True, misfire_grace_time=None)
 
-    async def run_due(self, now: datetime | None = None) -> int:
-        """Queue deliveries for every settled event after the cursor; how many outbox rows."""
-        cutoff = settle_cutoff(now or utcnow(), self.settle_s)
+    async def run_due(self) -> int:
+        """Queue deliveries for every event after the cursor; how many outbox rows."""
         queued = 0
         while True:
             async with self.sessions() as session, session.begin():
-                read, wrote = await feed_batch(session, cutoff, BATCH)
+                read, wrote = await feed_batch(session, BATCH)
             queued += wrote
             if read < BATCH:
                 break

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    FetchedValue,
     ForeignKey,
     Index,
     Integer,
@@ -131,6 +132,11 @@ class TimelineEvent(Base):
     kind: Mapped[str] = mapped_column(String(64))
     data: Mapped[dict[str, Any]] = mapped_column(JsonDocument(), default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    # The writing transaction's id on PostgreSQL (its default, pg_current_xact_id()), 0 on SQLite:
+    # the webhook feed reads events of ended transactions only, so a late commit is never skipped.
+    xact: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+
+    __table_args__ = (Index("ix_timeline_events_xact_id", "xact", "id"),)
 
 
 UNFINISHED = "status IN ('pending', 'claimed')"

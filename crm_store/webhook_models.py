@@ -27,11 +27,12 @@ class WebhookEndpoint(Base):
 
 
 class WebhookCursor(Base):
-    """The last timeline event id a feed has turned into deliveries."""
+    """The last timeline event a feed has turned into deliveries: its transaction and its id."""
 
     __tablename__ = "webhook_cursors"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_xact: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     last_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

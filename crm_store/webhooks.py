@@ -16,11 +16,11 @@ import hmac
 import secrets
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -154,10 +154,13 @@ async def remove_endpoint(session: AsyncSession, endpoint_id: int) -> WebhookEnd
 
 
 async def _cursor(session: AsyncSession, name: str) -> WebhookCursor:
-    """The feed's cursor, locked; a new one starts at the newest timeline event."""
+    """The feed's cursor, locked; a new one starts after the newest timeline event."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    newest = await session.scalar(select(func.max(TimelineEvent.id))) or 0
-    await session.execute(dialect.insert(WebhookCursor).values(name=name, last_event_id=newest, updated_at=utcnow())
+    newest = (await session.execute(select(TimelineEvent.xact, TimelineEvent.id)
+                                    .order_by(TimelineEvent.xact.desc(), TimelineEvent.id.desc()).limit(1))).first()
+    xact, event_id = newest if newest is not None else (0, 0)
+    await session.execute(dialect.insert(WebhookCursor)
+                          .values(name=name, last_xact=xact, last_event_id=event_id, updated_at=utcnow())
                           .on_conflict_do_nothing(index_elements=["name"]))
     cursor = await session.scalar(select(WebhookCursor).where(WebhookCursor.name == name)
                                   .with_for_update().execution_options(populate_existing=True))
@@ -165,26 +168,35 @@ async def _cursor(session: AsyncSession, name: str) -> WebhookCursor:
     return cursor
 
 
-async def feed_batch(session: AsyncSession, settled_before: datetime, limit: int, name: str = FEED
-                     ) -> tuple[int, int]:
-    """Queue deliveries for up to `limit` timeline events after the cursor; (events read, rows queued).
+async def _unread(session: AsyncSession, cursor: WebhookCursor) -> list[ColumnElement[bool]]:
+    """Events after the cursor in (transaction, id) order, of transactions that have ended.
 
-    Only events older than `settled_before` are read: a transaction that took an id earlier
-    but committed later than its neighbours then still lands after the cursor.
+    On PostgreSQL every event carries the id of the transaction that wrote it, and every
+    transaction below the snapshot's xmin has ended: its events are all there or never will
+    be. A transaction still open, however long, therefore adds nothing behind the cursor.
+    SQLite runs one writer at a time (BEGIN IMMEDIATE): its ids are in commit order already.
     """
+    after = [tuple_(TimelineEvent.xact, TimelineEvent.id) > tuple_(cursor.last_xact, cursor.last_event_id)]
+    if session.get_bind().dialect.name != "postgresql":
+        return after
+    ended_below = await session.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
+    return [*after, TimelineEvent.xact < ended_below]
+
+
+async def feed_batch(session: AsyncSession, limit: int, name: str = FEED) -> tuple[int, int]:
+    """Queue deliveries for up to `limit` timeline events after the cursor; (events read, rows queued)."""
     cursor = await _cursor(session, name)
+    unread = await _unread(session, cursor)
+    order = (TimelineEvent.xact, TimelineEvent.id)
     targets = await endpoints(session, active_only=True)
     if not targets:  # nobody listens: skip ahead without reading the events
-        newest = await session.scalar(select(func.max(TimelineEvent.id)).where(
-            TimelineEvent.id > cursor.last_event_id, TimelineEvent.created_at <= settled_before))
+        newest = (await session.execute(select(*order).where(*unread)
+                                        .order_by(*(column.desc() for column in order)).limit(1))).first()
         if newest is not None:
-            cursor.last_event_id, cursor.updated_at = newest, utcnow()
+            cursor.last_xact, cursor.last_event_id = newest
+            cursor.updated_at = utcnow()
         return 0, 0
-    events = list(await session.scalars(
-        select(TimelineEvent)
-        .where(TimelineEvent.id > cursor.last_event_id, TimelineEvent.created_at <= settled_before)
-        .order_by(TimelineEvent.id).limit(limit)
-    ))
+    events = list(await session.scalars(select(TimelineEvent).where(*unread).order_by(*order).limit(limit)))
     if not events:
         return 0, 0
     rows = [outbox_row(endpoint.id, event_body(event), f"webhook:{endpoint.id}:{event.id}")
@@ -192,7 +204,7 @@ async def feed_batch(session: AsyncSession, settled_before: datetime, limit: int
             for endpoint in targets
             if subscribed(endpoint, EVENT_TYPES[event.kind]) and as_utc(endpoint.created_at) <= as_utc(event.created_at)]
     queued = await insert_ignoring_duplicates(session, OutboxItem, rows)
-    cursor.last_event_id = events[-1].id
+    cursor.last_xact, cursor.last_event_id = events[-1].xact, events[-1].id
     cursor.updated_at = utcnow()
     return len(events), len(queued)
 
@@ -235,6 +247,3 @@ async def deliveries(session: AsyncSession, endpoint_id: int | None = None, fail
         query = query.where(WebhookDelivery.ok.is_(False))
     return list(await session.scalars(query))
 
-
-def settle_cutoff(now: datetime, settle_s: float) -> datetime:
-    return now - timedelta(seconds=settle_s)

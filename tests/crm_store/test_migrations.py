@@ -1,4 +1,4 @@
-"""Migrations over data already in the store: what 0008 fills in and converts, on SQLite and PostgreSQL."""
+"""Migrations over data already in the store: what 0008 and 0009 fill in and convert, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ async def test_0008_fills_in_stages_reached_from_the_history_and_keeps_the_timel
             await record(session, 3, "inbound.message", {"text": "c\x00d", "from\x00": ["e\x00"]})
             await session.commit()
             texts += await _texts(session, customer_id=3)
+            xacts = list(await session.scalars(select(TimelineEvent.xact).order_by(TimelineEvent.id)))
             if engine.dialect.name == "postgresql":
                 kind = await session.scalar(text("SELECT pg_typeof(data)::text FROM timeline_events LIMIT 1"))
                 assert kind == "jsonb"
@@ -95,5 +96,7 @@ async def test_0008_fills_in_stages_reached_from_the_history_and_keeps_the_timel
     assert (nlu.messages, nlu.parsed, nlu.fallback, nlu.low_confidence, nlu.by_source) == (3, 2, 1, 1, {"rasa": 2})
     nul = "" if store_at_0007.startswith("postgresql") else "\x00"  # JSONB cannot hold it; json and SQLite can
     assert texts[0] == {"text": f"a{nul}b \\u0000 typed"}  # a typed backslash-u0000 is text, kept
-    assert texts[-1] == {"text": "cd", "from": ["e"]}  # written: dropped everywhere, so one store behaves as the other
+    assert texts[-1] == {"text": "cd", "from": ["e"]}
+    assert xacts[:-1] == [0, 0, 0]  # 0009: old events first, in id order; new ones carry their transaction (PG)
+    assert (xacts[-1] > 0) == store_at_0007.startswith("postgresql")  # written: dropped everywhere, so one store behaves as the other
     assert [(said.text, said.count) for said in nlu.top_unknown] == [("asdf", 1)]
