@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
 
-test: install rasa browser  ## the whole test suite (PostgreSQL and Redis on 127.0.0.1 are used)
+test: install rasa browser  ## the whole test suite, the layer contract included (PostgreSQL and Redis on 127.0.0.1 are used)
 	$(BIN)/python -m pytest -q
 
 install: $(STAMP)
@@ -52,10 +52,11 @@ nlu-train: install rasa  ## train the intent model if its data or config changed
 nlu-test: install rasa  ## held-out accuracy, then 5-fold cross-validation (about 12 min)
 	$(BIN)/scrm nlu test --fail-under 0.9
 
-lint: install  ## ruff and mypy
+lint: install  ## the layer contract, ruff and mypy
 	$(BIN)/python -m pip install --quiet -e '.[lint]' 2> >(grep -v "^WARNING: Location" >&2)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m mypy bot crm_store flows admin_cli --ignore-missing-imports
+	$(BIN)/python -m mypy core bot crm_store flows nlu admin_cli --ignore-missing-imports
 
 clean:
 	rm -rf $(VENV) .venv-rasa var nlu/models

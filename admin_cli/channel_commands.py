@@ -24,6 +24,7 @@ from bot.channel_api import EntryPoint, create_entry_point, delete_entry_point
 from bot.runtime import build_apis
 from bot.settings import Settings
 from bot.wechat_api import ApiError, WeChatApi
+from core.shared_state import open_shared_state
 from crm_store.channels import (
     KINDS,
     ChannelError,
@@ -37,7 +38,6 @@ from crm_store.channels import (
     validate_spec,
 )
 from crm_store.codes import CHANNEL_PREFIX, new_code, normalise_code
-from crm_store.shared_state import open_shared_state
 from crm_store.tags import tag_counts
 
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """`scrm handoffs ...`: customers handed to reps: the list, one handoff's story, and an admin's release.
 
-Reading is crm_store.handoff_queries; releasing is the desk the bot uses (bot.handoff_desk),
+Reading is crm_store.handoff_queries; releasing is the desk the bot uses (flows.handoff_desk),
 in one transaction with the outbox rows it causes (the customer told, the rep told, the kf
 session ended). The running bot's outbox sender sends them; nothing is sent from here.
 """
@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli.common import fields, in_store, json_option, table, when
 from admin_cli.main import cli, echo_json, settings_of
-from bot.events import Notify, SideEffect, ToRep
-from bot.handoff_desk import DeskError, HandoffDesk
-from bot.worker import write_side_effect
+from bot.delivery import write_side_effect
+from core.events import Notify, SideEffect, ToRep
 from crm_store.customer_queries import current_customer
 from crm_store.handoff_models import Rep
 from crm_store.handoff_queries import HandoffDetail, HandoffRow, StatusFilter, handoff_detail, list_handoffs
 from crm_store.handoffs import open_handoff_of
 from crm_store.lifecycle import Lifecycle
+from flows.handoff_desk import DeskError, HandoffDesk
 
 SINCE = click.DateTime(["%Y-%m-%d", "%Y-%m-%d %H:%M"])
 ADMIN = "admin"

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from crm_store.shared_state import MemoryState, open_shared_state
+from core.shared_state import MemoryState, open_shared_state
 from nlu.client import NluClient
 from nlu.evaluate import Report, cross_validate, evaluate_held_out, format_report
 from nlu.rasa_runtime import RasaUnavailable, TrainingFailed, ensure_model, model_file

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_cli.common import in_store, json_option, table
 from admin_cli.main import cli, echo_json, settings_of
 from bot.settings import Settings
+from core.templates import parse_template, render
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import as_utc, utcnow
 from crm_store.nurture_models import Push
@@ -32,7 +33,6 @@ from crm_store.pushes import (
     push_results,
 )
 from crm_store.segments import SampleCustomer, Segment, SegmentError, checked_segment, count_and_sample
-from flows.templates import parse_template, render
 
 SEGMENT_KEYS = ("tags", "any_tags", "not_tags", "stages", "social_min", "active_within_days", "inactive_for_days",
                 "channel", "reachable")

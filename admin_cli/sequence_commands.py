@@ -25,6 +25,7 @@ from admin_cli.common import in_store, json_option, table, when
 from admin_cli.main import cli, echo_json, settings_of
 from admin_cli.push_commands import admin_name, segment_of, segment_options
 from bot.settings import Settings
+from core.sequences import Condition, NurtureSequence, SeqStep
 from crm_store.customer_queries import current_customer
 from crm_store.enrolments import EnrolError, SequenceCatalog, end_enrolments, enrol, publish
 from crm_store.lifecycle import Lifecycle
@@ -35,7 +36,7 @@ from crm_store.sequence_stats import SequenceStats, sequence_overview, sequence_
 from flows.diagram import duration, short
 from flows.errors import FlowLoadError
 from flows.loader import load_sources
-from flows.sequences import Condition, NurtureSequence, SeqStep, load_sequences, sequence_dir
+from flows.sequences import load_sequences, sequence_dir
 
 BATCH = 500  # customers enrolled per transaction
 BAR = 30  # characters of the longest bar in `stats`

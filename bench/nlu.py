@@ -37,7 +37,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from crm_store.shared_state import MemoryState, SharedState, open_shared_state
+from core.shared_state import MemoryState, SharedState, open_shared_state
 from nlu.client import NluClient
 from nlu.server import ManagedRasa
 from nlu.settings import NluSettings

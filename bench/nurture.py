@@ -69,12 +69,12 @@ from bot.runtime import build_apis  # noqa: E402
 from bot.sandbox.simulator import fake_for  # noqa: E402
 from bot.sender import OutboxSender  # noqa: E402
 from bot.settings import Settings, load_settings  # noqa: E402
+from core.shared_state import open_shared_state  # noqa: E402
 from crm_store.db import session_factory  # noqa: E402
 from crm_store.enrolments import publish  # noqa: E402
 from crm_store.lifecycle import Lifecycle  # noqa: E402
 from crm_store.models import OutboxItem  # noqa: E402
 from crm_store.nurture_models import NurtureSend  # noqa: E402
-from crm_store.shared_state import open_shared_state  # noqa: E402
 from flows.sequences import load_sequences  # noqa: E402
 
 PG_ADMIN = os.environ.get("SCRM_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")

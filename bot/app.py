@@ -16,13 +16,13 @@ from bot.api import API_LIMITS, PREFIX, ApiLimits, create_api
 from bot.callbacks import ENDPOINTS, CallbackChannel, CallbackEndpoint, add_callback_routes
 from bot.channels.oa import OaCallback
 from bot.channels.wecom import WecomCallback
-from bot.conversation import Conversation
 from bot.health import healthz, metrics_endpoint
 from bot.inbox import InboxWriter
 from bot.runtime import RUNTIME, Runtime
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import SIMULATOR, Simulator, add_sandbox_routes, fake_for
 from bot.settings import Settings
+from bot.worker import TurnPipeline
 from nlu.server import ManagedRasa
 
 log = logging.getLogger("scrm.app")
@@ -32,7 +32,7 @@ FAKE_WECHAT = web.AppKey("fake_wechat", FakeWeChat)
 
 def create_app(
     settings: Settings,
-    conversation: Conversation | None = None,
+    pipeline: TurnPipeline | None = None,
     run_workers: bool = True,
     managed_rasa: ManagedRasa | None = None,
 ) -> web.Application:
@@ -55,7 +55,7 @@ def create_app(
             effective = with_api_base(settings, f"http://127.0.0.1:{port}/cgi-bin")
             app[FAKE_WECHAT] = fake
             log.warning("sandbox.on fake WeCom/OA API at http://127.0.0.1:%s/cgi-bin; chat page at /sandbox", port)
-        runtime = await Runtime.open(effective, conversation, managed_rasa)
+        runtime = await Runtime.open(effective, pipeline, managed_rasa)
         app[RUNTIME] = runtime
         if settings.sandbox.enabled:
             app[SIMULATOR] = Simulator(effective, app[FAKE_WECHAT], runtime.http)

@@ -14,10 +14,10 @@ from typing import Protocol
 
 from aiohttp import web
 
-from bot import metrics
 from bot.channels.base import CallbackError
-from bot.events import InboundEvent
 from bot.inbox import InboxWriter
+from core import metrics
+from core.events import InboundEvent
 
 log = logging.getLogger("scrm.callbacks")
 

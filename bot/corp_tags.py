@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.wechat_api import ApiError, RetryableApiError, WeChatApi
+from core.shared_state import LockNotAcquired
 from crm_store.models import Tag
-from crm_store.shared_state import LockNotAcquired
 
 log = logging.getLogger("scrm.corp_tags")
 

@@ -1,4 +1,5 @@
-"""Turn the bot's replies into outbox rows for the API call that can deliver them.
+"""Delivery decisions, in one place: which API call carries an effect, under which queue key, in which
+outbox row (written in the turn's transaction; the sender makes the calls).
 
 Which call depends on where the customer is: a kf chat (`kf/send_msg`, or
 `kf/send_msg_on_event` with the single-use welcome code), a new WeCom contact
@@ -9,10 +10,16 @@ Account (`message/custom/send`), or a rep in the self-built app (`message/send`)
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.events import InboundEvent, KfState, Reply, ToRep
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.events import Effect, InboundEvent, KfState, Note, Notify, Reply, SideEffect, ToRep
+from core.reply_address import ReplyAddress
+from crm_store.customers import record
+from crm_store.models import Customer, OutboxItem
 
 # kind -> (credential name, API path, safe to resend after a crash mid-send)
 OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
@@ -34,26 +41,35 @@ class OutboundCall:
     payload: dict[str, Any]
 
 
-def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0) -> OutboundCall | None:
-    """The API call that answers `event` with `reply`; None when no channel can carry it now."""
-    if event.channel == "kf":
+@dataclass(frozen=True)
+class Welcome:
+    """A single-use welcome code (kf enter_session, a new contact) and when it expires (0: not known)."""
+
+    code: str
+    send_by: int = 0
+
+
+def reply_call(to: ReplyAddress, reply: Reply, agent_id: int = 0, welcome: Welcome | None = None
+               ) -> OutboundCall | None:
+    """The API call that says `reply` to `to`; None when no channel can carry it now."""
+    if to.channel == "kf":
         content = _kf_content(reply)
-        if first and event.welcome_code:
-            return OutboundCall("kf.send_msg_on_event", {"code": event.welcome_code, **content, **_send_by(event)})
-        return OutboundCall("kf.send_msg", {"touser": event.sender, "open_kfid": event.account, **content})
-    if event.channel == "contacts":
-        if first and event.welcome_code:
+        if welcome is not None:
+            return OutboundCall("kf.send_msg_on_event", {"code": welcome.code, **content, **_send_by(welcome)})
+        return OutboundCall("kf.send_msg", {"touser": to.user, "open_kfid": to.account, **content})
+    if to.channel == "contacts":
+        if welcome is not None:
             return OutboundCall(
                 "contacts.send_welcome_msg",
-                {"welcome_code": event.welcome_code, "text": {"content": reply.text}, **_send_by(event)},
+                {"welcome_code": welcome.code, "text": {"content": reply.text}, **_send_by(welcome)},
             )
         return None
-    if event.channel == "oa":
-        return OutboundCall("oa.custom_send", {"touser": event.sender, **_oa_content(reply)})
+    if to.channel == "oa":
+        return OutboundCall("oa.custom_send", {"touser": to.user, **_oa_content(reply)})
     return OutboundCall(
         "app.message_send",
         {
-            "touser": event.sender,
+            "touser": to.user,
             "agentid": agent_id,
             "msgtype": "text",
             "text": {"content": reply.text},
@@ -63,12 +79,19 @@ def reply_call(event: InboundEvent, reply: Reply, first: bool, agent_id: int = 0
     )
 
 
+def welcome_of(event: InboundEvent) -> Welcome | None:
+    """The event's welcome code, valid 20 s after the event: the first reply may use it."""
+    if not event.welcome_code:
+        return None
+    return Welcome(event.welcome_code, event.created_at + WELCOME_CODE_TTL_S if event.created_at else 0)
+
+
 WELCOME_CODE_TTL_S = 20  # kf and contact welcome codes are valid 20 s after the event
 SEND_BY = "_send_by"  # a payload key the sender honours and removes: past it, the call is pointless
 
 
-def _send_by(event: InboundEvent) -> dict[str, int]:
-    return {SEND_BY: event.created_at + WELCOME_CODE_TTL_S} if event.created_at else {}
+def _send_by(welcome: Welcome) -> dict[str, int]:
+    return {SEND_BY: welcome.send_by} if welcome.send_by else {}
 
 
 def too_late(payload: dict[str, Any], now: float | None = None) -> tuple[bool, dict[str, Any]]:
@@ -84,18 +107,17 @@ REACHABLE_AFTER = frozenset({"message", "menu_click", "enter_session", "subscrib
 SERVICE_WINDOW_S = 48 * 3600
 
 
-def notify_call(reach: dict[str, Any], text: str, agent_id: int = 0, now: float | None = None
+def notify_call(reach: Mapping[str, Any] | None, text: str, agent_id: int = 0, now: float | None = None
                 ) -> tuple[OutboundCall | None, str]:
-    """The call that tells a customer something unprompted, or None and why the platform won't allow it."""
-    channel = reach.get("channel", "")
-    if channel not in ("kf", "oa"):
+    """The call that tells a customer something unprompted, at `reach` (the customer's last chat, with
+    its time `at`), or None and why the platform won't allow it."""
+    address = ReplyAddress.from_data(reach)
+    if address is None or address.channel not in ("kf", "oa") or reach is None:
         return None, "no chat the bot may write to (a WeCom contact needs a rep's group message)"
     age = (now if now is not None else time.time()) - float(reach.get("at", 0))
     if age > SERVICE_WINDOW_S:
-        return None, f"the {channel} 48-hour service window closed {int((age - SERVICE_WINDOW_S) / 3600)} h ago"
-    event = InboundEvent(channel=channel, kind="message", dedup_key="", sender=str(reach.get("sender", "")),
-                         account=str(reach.get("account", "")))
-    return reply_call(event, Reply(text), first=False, agent_id=agent_id), ""
+        return None, f"the {address.channel} 48-hour service window closed {int((age - SERVICE_WINDOW_S) / 3600)} h ago"
+    return reply_call(address, Reply(text), agent_id), ""
 
 
 def rep_call(message: ToRep, agent_id: int) -> OutboundCall:
@@ -193,6 +215,96 @@ def _oa_text(reply: Reply) -> str:
         return reply.text
     choices = "\n".join(f"{index}. {item.text}" for index, item in enumerate(reply.menu, start=1))
     return f"{reply.menu_head or reply.text}\n{choices}"
+
+
+# ---------------------------------------------------------------- outbox rows
+
+
+async def write_effects(
+    session: AsyncSession,
+    origin_key: str,
+    event: InboundEvent,
+    customer: Customer,
+    effects: Sequence[Effect],
+    agent_id: int = 0,
+) -> int:
+    """Timeline notes and outbox rows for a turn's effects; the number of messages queued.
+
+    Outbox keys derive from `origin_key` (the inbox item, or a conversation's wake-up),
+    so a turn that is run again after a crash cannot queue its replies twice.
+    """
+    queued = replies = 0  # rows written / replies to this customer (the first may use a welcome code)
+    for effect in effects:
+        if isinstance(effect, Note):
+            await record(session, customer.id, effect.kind, effect.data)
+            continue
+        if not isinstance(effect, Reply):
+            queued += await write_side_effect(session, f"{origin_key}#{queued}", effect, agent_id)
+            continue
+        if event.channel == "api":  # nobody wrote: the answer goes where the customer last chatted
+            queued += await write_notification(session, f"{origin_key}#{queued}",
+                                               Notify(customer.id, effect.text, str(event.extra.get("name", ""))),
+                                               agent_id)
+            continue
+        call = reply_call(event.reply_address, effect, agent_id, welcome_of(event) if replies == 0 else None)
+        if call is None:
+            await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
+            continue
+        session.add(
+            OutboxItem(
+                dedup_key=f"{origin_key}#{queued}",
+                queue_key=f"customer:{customer.id}",
+                kind=call.kind,
+                payload=call.payload,
+                customer_id=customer.id,
+            )
+        )
+        await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
+        replies += 1
+        queued += 1
+    return queued
+
+
+async def write_side_effect(session: AsyncSession, dedup_key: str, effect: SideEffect,
+                            agent_id: int = 0) -> int:
+    """An effect that is not a reply in the customer's own turn: its outbox row (or why none); rows written."""
+    if isinstance(effect, Notify):
+        return await write_notification(session, dedup_key, effect, agent_id)
+    if isinstance(effect, ToRep):
+        call, queue_key, customer_id = rep_call(effect, agent_id), f"rep:{effect.userid}", None
+    else:
+        call, queue_key, customer_id = kf_state_call(effect), f"customer:{effect.customer_id}", effect.customer_id
+    session.add(OutboxItem(dedup_key=dedup_key, queue_key=queue_key, kind=call.kind, payload=call.payload,
+                           customer_id=customer_id))
+    return 1
+
+
+async def write_notification(session: AsyncSession, dedup_key: str, notify: Notify, agent_id: int = 0) -> int:
+    """An outbox row that tells another customer something, on the channel they last chatted on
+    while the platform still lets us write to them there; recorded as undeliverable otherwise."""
+    target = await session.get(Customer, notify.customer_id)
+    call, why = (None, "unknown customer") if target is None else notify_call(target.reach, notify.text, agent_id)
+    if call is None:
+        await record(session, notify.customer_id, "notify.undeliverable", {"reason": why, "about": notify.reason,
+                                                                            "text": notify.text[:200]})
+        return 0
+    session.add(OutboxItem(dedup_key=dedup_key, queue_key=f"customer:{notify.customer_id}", kind=call.kind,
+                           payload=call.payload, customer_id=notify.customer_id))
+    await record(session, notify.customer_id, "outbound.notify",
+                 {"text": notify.text[:200], "via": call.kind, "about": notify.reason})
+    return 1
+
+
+def remember_reach(customer: Customer, event: InboundEvent) -> None:
+    """Where the customer last chatted, so others' actions (a filled group, a friend) can reach them."""
+    if event.kind not in REACHABLE_AFTER or event.channel not in ("kf", "oa"):
+        return
+    now = int(time.time())
+    reach = event.reply_address.to_data()
+    previous = customer.reach or {}
+    moved = any(previous.get(key) != value for key, value in reach.items())
+    if moved or int(previous.get("at", 0)) < now - 60:  # the row is written at most once a minute
+        customer.reach = {**reach, "at": now}
 
 
 def with_idempotency_key(kind: str, payload: dict[str, Any], outbox_id: int) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.events import InboundEvent
 from bot.inbox import store_events
+from core.events import InboundEvent
 from crm_store.customers import live_customer
 
 EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")

@@ -16,9 +16,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel_rota import refresh_rotas
-from bot.events import Notify
+from bot.delivery import write_notification
 from bot.wechat_api import WeChatApi
-from bot.worker import write_notification
+from core.events import Notify
 from crm_store.models import utcnow
 from flows.growth import Growth
 

@@ -15,10 +15,10 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.handoff_desk import HandoffDesk
-from bot.worker import write_side_effect
+from bot.delivery import write_side_effect
 from crm_store.handoffs import claim_due
 from crm_store.models import as_utc, utcnow
+from flows.handoff_desk import HandoffDesk
 
 log = logging.getLogger("scrm.handoffs")
 

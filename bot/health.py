@@ -9,8 +9,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from bot import metrics
 from bot.runtime import RUNTIME, Runtime
+from core import metrics
 from crm_store import work_queue
 from crm_store.models import InboxItem, OutboxItem
 

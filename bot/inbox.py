@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.events import InboundEvent
+from core.events import InboundEvent
 from crm_store.models import InboxItem, utcnow
 from crm_store.work_queue import insert_ignoring_duplicates
 

@@ -18,11 +18,11 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import metrics
 from bot.channels.wecom import events_from_kf_messages
-from bot.events import InboundEvent
 from bot.inbox import store_events
 from bot.wechat_api import WeChatApi
+from core import metrics
+from core.events import InboundEvent
 from crm_store import work_queue
 from crm_store.kf_cursors import kf_cursor, save_kf_cursor
 from crm_store.models import InboxItem, utcnow

@@ -28,6 +28,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery import notify_call
+from core.sequences import Condition, NurtureSequence
+from core.templates import parse_template, render
 from crm_store.enrolments import SequenceCatalog, schedule_step
 from crm_store.growth_models import GroupBuy, GroupMember, SocialStats
 from crm_store.handoff_models import OPEN_STATUSES, Handoff
@@ -35,8 +37,6 @@ from crm_store.lifecycle import Lifecycle
 from crm_store.models import Conversation, Customer, CustomerTag, Identity, OutboxItem, Tag, as_utc, utcnow
 from crm_store.nurture_models import Enrolment, NurtureSend, Push, SequenceState
 from crm_store.nurture_settings import NurtureSettings
-from flows.sequences import Condition, NurtureSequence
-from flows.templates import parse_template, render
 
 log = logging.getLogger("scrm.nurture")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from bot.events import InboundEvent
 from bot.wechat_api import ApiError, WeChatApi
+from core.events import InboundEvent
 from crm_store.customers import Profile
 
 log = logging.getLogger("scrm.profiles")

@@ -15,11 +15,11 @@ import re
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.events import InboundEvent, SideEffect, ToRep
-from bot.handoff_desk import DeskError, HandoffDesk
+from core.events import InboundEvent, SideEffect, ToRep
 from crm_store import handoffs
 from crm_store.handoff_models import Rep
 from crm_store.models import Customer
+from flows.handoff_desk import DeskError, HandoffDesk
 
 VERBS = {
     "接": "take", "take": "take", "放": "release", "release": "release", "备注": "note", "note": "note",

@@ -18,11 +18,11 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.handoff_desk import HandoffDesk
+from bot.delivery import write_side_effect
 from bot.runtime import build_apis
 from bot.settings import Settings
 from bot.wechat_api import WeChatApi
-from bot.worker import write_side_effect
+from core.shared_state import open_shared_state
 from crm_store.customers import record
 from crm_store.db import create_engine, session_factory
 from crm_store.handoff_models import Rep
@@ -30,7 +30,7 @@ from crm_store.handoffs import handoffs_of_rep
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, Identity, OutboxItem, utcnow
 from crm_store.reps import LOADED, mark_left
-from crm_store.shared_state import open_shared_state
+from flows.handoff_desk import HandoffDesk
 
 TRANSFER_BATCH = 100  # WeCom's limit per transfer_customer call
 TRANSFER_KIND = "contacts.transfer_resigned"

@@ -16,9 +16,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot.conversation import Conversation
 from bot.growth_jobs import GrowthJobs
-from bot.handoff_desk import HandoffDesk
 from bot.handoff_jobs import HandoffJobs
 from bot.kf_sync import KfPuller
 from bot.nurture_dispatch import NurtureDispatcher
@@ -31,19 +29,13 @@ from bot.waker import Waker
 from bot.webhook_feed import WebhookFeed
 from bot.webhook_sender import WebhookSender
 from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
-from bot.worker import InboxWorker
+from bot.worker import InboxWorker, TurnPipeline
+from core.shared_state import SharedState, open_shared_state
 from crm_store.db import create_engine, session_factory
-from crm_store.lifecycle import Lifecycle
 from crm_store.models import InboxItem, OutboxItem
-from crm_store.shared_state import SharedState, open_shared_state
 from crm_store.work_queue import due_count
-from flows import growth_hooks
-from flows.engine import FlowEngine
-from flows.growth import Growth
-from flows.hooks import Hooks
-from flows.nurture_hooks import NurtureHooks
+from flows.assembly import Domain, assemble
 from flows.publishing import publish_if_unpublished
-from flows.releases import ReleaseCache
 from nlu.client import NluClient
 from nlu.server import ManagedRasa
 
@@ -63,7 +55,8 @@ class Runtime:
     outbox: QueueRunner[OutboxItem]
     worker: InboxWorker
     sender: OutboxSender
-    waker: Waker | None = None  # when the flow engine is the conversation
+    domain: Domain | None = None  # the assembled conversation layer (None: a pipeline was given)
+    waker: Waker | None = None  # with the assembled domain
     growth_jobs: GrowthJobs | None = None  # likewise
     handoff_jobs: HandoffJobs | None = None  # likewise
     nurture: NurtureDispatcher | None = None  # likewise
@@ -74,8 +67,10 @@ class Runtime:
 
     @classmethod
     async def open(
-        cls, settings: Settings, conversation: Conversation | None = None, managed_rasa: ManagedRasa | None = None
+        cls, settings: Settings, pipeline: TurnPipeline | None = None, managed_rasa: ManagedRasa | None = None
     ) -> Runtime:
+        """`pipeline` replaces the assembled one (tests of the machinery around a turn); without it the
+        domain is assembled from settings once, and every part that runs a turn gets the same one."""
         engine = create_engine(settings.store.url, settings.store.echo)
         sessions = session_factory(engine)
         state = open_shared_state(settings.redis.url or None)
@@ -89,27 +84,22 @@ class Runtime:
         )
         await nlu.start()
         worker_settings = settings.worker
-        waker = growth_jobs = handoff_jobs = rep_commands = nurture = None
-        if conversation is None:
+        waker = growth_jobs = handoff_jobs = rep_commands = nurture = domain = None
+        if pipeline is None:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
-            lifecycle = Lifecycle(settings.lifecycle)
-            growth = Growth(settings.growth, lifecycle)
-            hooks = growth_hooks.register(Hooks(), growth)
-            NurtureHooks(settings.nurture.timezone, settings.growth.purchase_stages).register(hooks)
-            desk = HandoffDesk(settings.handoff, lifecycle)
-            rep_commands = RepCommands(desk)
-            flow_engine = FlowEngine(settings.flows, lifecycle, ReleaseCache(settings.lifecycle), hooks, desk)
+            domain = assemble(settings.flows, settings.lifecycle, settings.growth, settings.handoff, settings.nurture)
+            rep_commands = RepCommands(domain.desk)
             agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
-            handoff_jobs = HandoffJobs(sessions, desk, interval_s, agent_id)
-            nurture = NurtureDispatcher(sessions, settings.nurture, lifecycle, agent_id)
-            waker = Waker(sessions, flow_engine, interval_s, agent_id)
-            growth_jobs = GrowthJobs(sessions, growth, apis["wecom.contacts"], interval_s, agent_id)
-            conversation = flow_engine
+            handoff_jobs = HandoffJobs(sessions, domain.desk, interval_s, agent_id)
+            nurture = NurtureDispatcher(sessions, settings.nurture, domain.lifecycle, agent_id)
+            waker = Waker(sessions, domain.pipeline, interval_s, agent_id)
+            growth_jobs = GrowthJobs(sessions, domain.growth, apis["wecom.contacts"], interval_s, agent_id)
+            pipeline = domain.pipeline
         puller = KfPuller(sessions, apis["wecom.kf"])
         worker = InboxWorker(
             sessions,
-            conversation,
+            pipeline,
             nlu,
             ProfileLookup(apis),
             puller,
@@ -137,8 +127,8 @@ class Runtime:
         if waker is not None and growth_jobs is not None and handoff_jobs is not None and nurture is not None:
             waker.on_outbox = growth_jobs.on_outbox = handoff_jobs.on_outbox = nurture.on_outbox = outbox.wake
         return cls(
-            settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, waker, growth_jobs,
-            handoff_jobs, nurture, managed_rasa, webhook_feed,
+            settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, domain, waker,
+            growth_jobs, handoff_jobs, nurture, managed_rasa, webhook_feed,
         )
 
     def start_background(self) -> None:

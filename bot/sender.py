@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import metrics
 from bot.corp_tags import CorpTags
 from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
 from bot.webhook_sender import WebhookSender
 from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
+from core import metrics
 from crm_store import work_queue
 from crm_store.models import OutboxItem
 from crm_store.webhooks import WEBHOOK_POST

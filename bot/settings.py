@@ -22,8 +22,9 @@ from pydantic_settings import (
 
 from crm_store.growth_settings import GrowthSettings
 from crm_store.handoff_settings import HandoffSettings
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.nurture_settings import NurtureSettings
-from flows.settings import FlowSettings, LifecycleSettings
+from flows.settings import FlowSettings
 from nlu.settings import NluSettings
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"

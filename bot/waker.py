@@ -14,13 +14,15 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import metrics
-from bot.events import InboundEvent
-from bot.worker import write_effects
+from bot.delivery import write_effects
+from bot.worker import TurnPipeline
+from core import metrics
+from core.events import InboundEvent
+from core.reply_address import ReplyAddress
 from crm_store.conversations import claim_due
 from crm_store.customers import live_customer
 from crm_store.models import Conversation, utcnow
-from flows.engine import FlowEngine
+from flows.turn import Turn
 
 log = logging.getLogger("scrm.waker")
 
@@ -29,10 +31,11 @@ WAKE_BATCH = 100
 
 class Waker:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], engine: FlowEngine, interval_s: float, agent_id: int = 0
+        self, sessions: async_sessionmaker[AsyncSession], pipeline: TurnPipeline, interval_s: float,
+        agent_id: int = 0,
     ) -> None:
         self.sessions = sessions
-        self.engine = engine
+        self.pipeline = pipeline
         self.interval_s = interval_s
         self.agent_id = agent_id
         self.on_outbox = lambda: None
@@ -60,16 +63,14 @@ class Waker:
 
     async def _wake(self, session: AsyncSession, conversation: Conversation) -> None:
         customer = await live_customer(session, conversation.customer_id)
-        target = conversation.reply_to
+        target = ReplyAddress.from_data(conversation.reply_to) or ReplyAddress("kf", "")
         assert conversation.wake_at is not None
         origin = f"wake:{conversation.id}:{int(conversation.wake_at.timestamp() * 1000)}"
-        event = InboundEvent(
-            channel=target.get("channel", "kf"), kind="timer", dedup_key=origin,
-            sender=target.get("sender", ""), account=target.get("account", ""),
-        )
+        event = InboundEvent(channel=target.channel, kind="timer", dedup_key=origin, sender=target.user,
+                             account=target.account)
         try:
             async with session.begin_nested():
-                effects = await self.engine.wake(session, conversation, customer, event)
+                effects = await self.pipeline.run(Turn(session, event, customer, conversation=conversation))
                 await write_effects(session, origin, event, customer, effects, self.agent_id)
         except Exception:  # noqa: BLE001 - one broken conversation must not stop the others
             log.exception("waker.failed conversation=%s", conversation.id)

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import metrics
+from core import metrics
 from crm_store import work_queue
 from crm_store.models import OutboxItem
 from crm_store.webhook_models import WebhookEndpoint

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from crm_store.shared_state import SharedState
+from core.shared_state import SharedState
 
 log = logging.getLogger("scrm.api")
 

@@ -1,31 +1,31 @@
-"""The inbox worker: one pipeline per stored event.
+"""The inbox worker: one turn per stored event.
 
 identity (find or create the customer, profile looked up once) → intent (NLU, outside
-any transaction) → conversation → one transaction with the customer's state, timeline,
-outbox rows and the inbox item marked done. A crash anywhere before that commit leaves
-the item to be claimed again; after it, the item is done: processed exactly once.
+any transaction) → the turn's pipeline (flows/assembly.py) → one transaction with the
+customer's state, timeline, outbox rows and the inbox item marked done. A crash anywhere
+before that commit leaves the item to be claimed again; after it, the item is done:
+processed exactly once.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import metrics
-from bot.conversation import Conversation, TurnContext
-from bot.delivery import REACHABLE_AFTER, kf_state_call, notify_call, rep_call, reply_call
-from bot.events import Effect, InboundEvent, Note, Notify, Reply, SideEffect, ToRep
+from bot.delivery import remember_reach, write_effects, write_side_effect
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
+from core import metrics
+from core.events import Effect, InboundEvent
 from crm_store import work_queue
 from crm_store.customers import find_identity, live_customer, record, resolve_customer
-from crm_store.models import Customer, InboxItem, OutboxItem
+from crm_store.models import InboxItem
 from crm_store.work_queue import ClaimLost
+from flows.turn import Turn
 
 if TYPE_CHECKING:
     from bot.rep_commands import RepCommands
@@ -40,11 +40,15 @@ class IntentParser(Protocol):
     async def parse(self, text: str) -> Intent: ...
 
 
+class TurnPipeline(Protocol):
+    async def run(self, turn: Turn) -> Sequence[Effect]: ...
+
+
 class InboxWorker:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],
-        conversation: Conversation,
+        pipeline: TurnPipeline,
         nlu: IntentParser,
         profiles: ProfileLookup,
         kf_puller: KfPuller,
@@ -54,7 +58,7 @@ class InboxWorker:
         rep_commands: RepCommands | None = None,
     ) -> None:
         self.sessions = sessions
-        self.conversation = conversation
+        self.pipeline = pipeline
         self.nlu = nlu
         self.profiles = profiles
         self.kf_puller = kf_puller
@@ -94,8 +98,8 @@ class InboxWorker:
                 await resolve_customer(session, event.identity_kind, event.sender, profile)
             remember_reach(customer, event)
             await record(session, customer.id, f"inbound.{event.kind}", _summary(event, intent))
-            context = TurnContext(session=session, intent=intent, is_new_customer=not known)
-            effects = await self.conversation.handle(event, customer, context)
+            turn = Turn(session, event, customer, intent, is_new_customer=not known)
+            effects = await self.pipeline.run(turn)
             wrote = await write_effects(session, item.dedup_key, event, customer, effects, self.app_agent_id)
             await work_queue.finish(session, item)
         self._remember(event)
@@ -140,93 +144,6 @@ class InboxWorker:
                 log.warning("worker.retry id=%s in %.0fs: %s", item.id, delay, reason)
                 metrics.INBOX_PROCESSED.labels(item.kind, "retry").inc()
                 await work_queue.retry_later(session, item, delay, reason)
-
-
-async def write_effects(
-    session: AsyncSession,
-    origin_key: str,
-    event: InboundEvent,
-    customer: Customer,
-    effects: Sequence[Effect],
-    agent_id: int = 0,
-) -> int:
-    """Timeline notes and outbox rows for a turn's effects; the number of messages queued.
-
-    Outbox keys derive from `origin_key` (the inbox item, or a conversation's wake-up),
-    so a turn that is run again after a crash cannot queue its replies twice.
-    """
-    queued = replies = 0  # rows written / replies to this customer (the first may use a welcome code)
-    for effect in effects:
-        if isinstance(effect, Note):
-            await record(session, customer.id, effect.kind, effect.data)
-            continue
-        if not isinstance(effect, Reply):
-            queued += await write_side_effect(session, f"{origin_key}#{queued}", effect, agent_id)
-            continue
-        if event.channel == "api":  # nobody wrote: the answer goes where the customer last chatted
-            queued += await write_notification(session, f"{origin_key}#{queued}",
-                                               Notify(customer.id, effect.text, str(event.extra.get("name", ""))),
-                                               agent_id)
-            continue
-        call = reply_call(event, effect, first=replies == 0, agent_id=agent_id)
-        if call is None:
-            await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
-            continue
-        session.add(
-            OutboxItem(
-                dedup_key=f"{origin_key}#{queued}",
-                queue_key=f"customer:{customer.id}",
-                kind=call.kind,
-                payload=call.payload,
-                customer_id=customer.id,
-            )
-        )
-        await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
-        replies += 1
-        queued += 1
-    return queued
-
-
-async def write_side_effect(session: AsyncSession, dedup_key: str, effect: SideEffect,
-                            agent_id: int = 0) -> int:
-    """An effect that is not a reply in the customer's own turn: its outbox row (or why none); rows written."""
-    if isinstance(effect, Notify):
-        return await write_notification(session, dedup_key, effect, agent_id)
-    if isinstance(effect, ToRep):
-        call, queue_key, customer_id = rep_call(effect, agent_id), f"rep:{effect.userid}", None
-    else:
-        call, queue_key, customer_id = kf_state_call(effect), f"customer:{effect.customer_id}", effect.customer_id
-    session.add(OutboxItem(dedup_key=dedup_key, queue_key=queue_key, kind=call.kind, payload=call.payload,
-                           customer_id=customer_id))
-    return 1
-
-
-async def write_notification(session: AsyncSession, dedup_key: str, notify: Notify, agent_id: int = 0) -> int:
-    """An outbox row that tells another customer something, on the channel they last chatted on
-    while the platform still lets us write to them there; recorded as undeliverable otherwise."""
-    target = await session.get(Customer, notify.customer_id)
-    call, why = (None, "unknown customer") if target is None else notify_call(target.reach, notify.text, agent_id)
-    if call is None:
-        await record(session, notify.customer_id, "notify.undeliverable", {"reason": why, "about": notify.reason,
-                                                                            "text": notify.text[:200]})
-        return 0
-    session.add(OutboxItem(dedup_key=dedup_key, queue_key=f"customer:{notify.customer_id}", kind=call.kind,
-                           payload=call.payload, customer_id=notify.customer_id))
-    await record(session, notify.customer_id, "outbound.notify",
-                 {"text": notify.text[:200], "via": call.kind, "about": notify.reason})
-    return 1
-
-
-def remember_reach(customer: Customer, event: InboundEvent) -> None:
-    """Where the customer last chatted, so others' actions (a filled group, a friend) can reach them."""
-    if event.kind not in REACHABLE_AFTER or event.channel not in ("kf", "oa"):
-        return
-    now = int(time.time())
-    reach: dict[str, object] = {"channel": event.channel, "sender": event.sender, "account": event.account}
-    previous = customer.reach or {}
-    moved = any(previous.get(key) != value for key, value in reach.items())
-    if moved or int(previous.get("at", 0)) < now - 60:  # the row is written at most once a minute
-        customer.reach = {**reach, "at": now}
 
 
 def _needs_intent(event: InboundEvent) -> bool:

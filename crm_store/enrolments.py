@@ -17,9 +17,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.sequences import NurtureSequence, SeqStep
 from crm_store.models import utcnow
 from crm_store.nurture_models import ENROLLED, Enrolment, NurtureSend, SequenceState, SequenceVersion
-from flows.sequences import NurtureSequence, SeqStep
 
 
 class EnrolError(ValueError):

@@ -17,8 +17,8 @@ from sqlalchemy import ColumnElement, Select, SQLColumnExpression, distinct, exi
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customers import add_stages, record
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.models import Customer, StageChange, utcnow
-from flows.settings import LifecycleSettings
 
 
 class StageNotAllowed(ValueError):

@@ -18,10 +18,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.templates import TemplateError, parse_template
 from crm_store.models import as_utc, utcnow
 from crm_store.nurture_models import NurtureSend, Push
 from crm_store.segments import Segment, segment_query, tag_ids
-from flows.templates import TemplateError, parse_template
 
 PUSH_FIELDS = ("customer.name", "customer.stage_label", "customer.id")
 MAX_TEXT = 2000

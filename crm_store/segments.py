@@ -27,10 +27,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.spelling import did_you_mean
 from crm_store.growth_models import EntryChannel, SocialStats
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, CustomerTag, Tag, utcnow
-from flows.spec import did_you_mean
 
 SERVICE_WINDOW = timedelta(hours=48)  # kf and the OA let the bot write this long after the customer (bot.delivery)
 REACHABLE_CHANNELS = ("kf", "oa")

@@ -16,8 +16,8 @@ from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from core.sequences import NurtureSequence
 from crm_store.nurture_models import Enrolment, NurtureSend, SequenceState, SequenceVersion
-from flows.sequences import NurtureSequence
 
 
 @dataclass

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.templates import Template, parse_template
+from crm_store.lifecycle_settings import LifecycleSettings
 from flows.model import (
     END,
     Action,
@@ -40,16 +42,13 @@ from flows.model import (
     TagRule,
     TagStep,
     TagTrigger,
-    Template,
     TextTrigger,
     Trigger,
     Wait,
 )
 from flows.patterns import normalise
 from flows.schema import step_name
-from flows.settings import LifecycleSettings
 from flows.spec import parse_duration
-from flows.templates import parse_template
 from flows.yaml_source import Node
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.spelling import did_you_mean
+from crm_store.lifecycle_settings import LifecycleSettings
 from flows.build import Draft, Ref, stage_id
 from flows.errors import Reporter
 from flows.graph import call_cycles, check_steps, waiting_flows
 from flows.model import ACTION_OUTPUTS, ACTIONS, TEMPLATE_FIELDS, Action, Ask, Flow
-from flows.settings import LifecycleSettings
-from flows.spec import did_you_mean
 
 _LISTED = 20
 

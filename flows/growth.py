@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import metrics
-from bot.events import Effect, InboundEvent, Note, Notify, Reply
+from core import metrics
+from core.events import Effect, InboundEvent, Note, Notify, Reply
 from crm_store import channels, group_buys, referrals, rewards, social, tags
 from crm_store import lifecycle as stages
 from crm_store.campaigns import yuan
@@ -26,11 +27,20 @@ from crm_store.customers import record
 from crm_store.growth_models import Campaign, GroupBuy
 from crm_store.growth_settings import GrowthSettings
 from crm_store.models import Customer
-from flows.hooks import ArrivalResult, HookCall
+from flows.turn import Signal, Turn
 
 log = logging.getLogger("scrm.growth")
 
-Signals = list[tuple[str, str]]
+Signals = list[Signal]
+
+
+@dataclass(frozen=True)
+class ArrivalResult:
+    """What an arrival through a code (channel, invite, group) asks for: a flow to start, effects."""
+
+    flow: str = ""
+    effects: tuple[Effect, ...] = ()
+    signals: tuple[Signal, ...] = ()
 
 
 class Growth:
@@ -41,27 +51,27 @@ class Growth:
 
     # ------------------------------------------------------------ arrivals through a code
 
-    async def arrival(self, call: HookCall) -> ArrivalResult:
+    async def arrival(self, turn: Turn) -> ArrivalResult:
         """A customer arrived through a code: a channel (its flow and tags), an invite or a group (attribution)."""
-        scene = call.event.scene.strip()
+        scene = turn.event.scene.strip()
         lowered = scene.lower()
         if not scene:
             return ArrivalResult()
         if lowered.startswith(CHANNEL_PREFIX):
-            return await self._channel_arrival(call, scene)
+            return await self._channel_arrival(turn, scene)
         inviter_id: int | None = None
         if lowered.startswith(INVITE_PREFIX):
-            inviter_id = await referrals.owner_of_code(call.session, normalise_code(scene))
+            inviter_id = await referrals.owner_of_code(turn.session, normalise_code(scene))
         elif lowered.startswith(GROUP_PREFIX):
-            group = await group_buys.group_by_code(call.session, normalise_code(scene))
+            group = await group_buys.group_by_code(turn.session, normalise_code(scene))
             inviter_id = group.leader_id if group is not None else None
         if inviter_id is None:
             return ArrivalResult(effects=(Note("code.unknown", {"scene": scene[:64]}),))
-        effects, _ = await self.attribute(call.session, call.customer, inviter_id, scene, call.event.channel)
+        effects, _ = await self.attribute(turn.session, turn.customer, inviter_id, scene, turn.event.channel)
         return ArrivalResult(effects=tuple(effects))
 
-    async def _channel_arrival(self, call: HookCall, code: str) -> ArrivalResult:
-        session, customer, event = call.session, call.customer, call.event
+    async def _channel_arrival(self, turn: Turn, code: str) -> ArrivalResult:
+        session, customer, event = turn.session, turn.customer, turn.event
         channel = await channels.channel_by_code(session, code)
         if channel is None or not channel.active:
             return ArrivalResult(effects=(Note("channel.unknown", {"code": code[:64]}),))

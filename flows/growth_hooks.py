@@ -8,19 +8,21 @@ A code comes from the slot of that name, the arrival's scene, or the message tex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 
-from bot import metrics
-from bot.events import Effect
+from core import metrics
+from core.events import Effect
 from crm_store import group_buys, referrals, social
 from crm_store.campaigns import campaign_by_code, running_campaign, yuan
 from crm_store.codes import GROUP_LENGTH, GROUP_PREFIX, INVITE_LENGTH, INVITE_PREFIX, codes_in, normalise_code
 from crm_store.growth_models import Campaign, GroupBuy, Referral
 from crm_store.models import Customer, as_utc, utcnow
 from flows.growth import Growth, event_code
-from flows.hooks import ActionResult, HookCall, Hooks
+from flows.hooks import ActionResult, Hooks
+from flows.turn import Turn
 
 REFUSED = {
     "unknown": "没有找到拼团码 {code}，请核对后再发一次（6 位字母或数字，如「参团 K7P3QX」）。",
@@ -45,7 +47,7 @@ INVITE_REFUSED = {
 
 
 def register(hooks: Hooks, growth: Growth) -> Hooks:
-    """Add the growth actions, checks, the arrival handler and the stage handler to `hooks`."""
+    """Add the growth actions and checks to `hooks` (arrivals and stages are pipeline stages)."""
     actions = GrowthActions(growth)
     hooks.actions.update({
         "group_buy.open": actions.open_group,
@@ -56,8 +58,6 @@ def register(hooks: Hooks, growth: Growth) -> Hooks:
     })
     hooks.checks.update({"group_buy.code_given": actions.group_code_given,
                          "invite.code_given": actions.invite_code_given})
-    hooks.arrivals.append(growth.arrival)
-    hooks.stage_handlers.append(actions.stage_entered)
     return hooks
 
 
@@ -67,58 +67,58 @@ class GrowthActions:
 
     # ------------------------------------------------------------ group-buy
 
-    async def open_group(self, call: HookCall) -> ActionResult:
-        session, now = call.session, utcnow()
-        code = str(call.params.get("campaign", ""))
+    async def open_group(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
+        session, now = turn.session, utcnow()
+        code = str(params.get("campaign", ""))
         campaign = await campaign_by_code(session, code) if code else await running_campaign(session, now)
         if campaign is None:
             metrics.GROUP_JOINS.labels("open", "no_campaign").inc()
             return self._refused("no_campaign", None, None, "")
         try:
-            group = await group_buys.open_group(session, campaign, call.customer, now)
+            group = await group_buys.open_group(session, campaign, turn.customer, now)
         except group_buys.GroupRefused as refusal:
             metrics.GROUP_JOINS.labels("open", refusal.reason).inc()
-            others = await group_buys.open_groups(session, campaign.id, now, exclude=call.customer.id)
+            others = await group_buys.open_groups(session, campaign.id, now, exclude=turn.customer.id)
             return self._refused(refusal.reason, None, campaign, "", others)
-        await social.bump(session, [call.customer.id], "groups_led", self.growth.settings.social_weights)
+        await social.bump(session, [turn.customer.id], "groups_led", self.growth.settings.social_weights)
         metrics.GROUP_JOINS.labels("open", "opened").inc()
         return ActionResult(slots=self._group_slots(group, campaign))
 
-    async def join_group(self, call: HookCall) -> ActionResult:
-        session, now = call.session, utcnow()
-        code = self._group_code(call)
+    async def join_group(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
+        session, now = turn.session, utcnow()
+        code = self._group_code(turn)
         if not code:
-            return await self.open_group(call)
+            return await self.open_group(turn, params)
         try:
-            joined = await group_buys.join_group(session, code, call.customer, self.growth.settings.purchase_stages, now)
+            joined = await group_buys.join_group(session, code, turn.customer, self.growth.settings.purchase_stages, now)
         except group_buys.GroupRefused as refusal:
             metrics.GROUP_JOINS.labels("join", refusal.reason).inc()
             others: Sequence[GroupBuy] = []
             if refusal.reason in ("full", "expired", "not_new") and refusal.campaign is not None:
-                others = await group_buys.open_groups(session, refusal.campaign.id, now, exclude=call.customer.id)
+                others = await group_buys.open_groups(session, refusal.campaign.id, now, exclude=turn.customer.id)
             return self._refused(refusal.reason, refusal.group, refusal.campaign, code, others)
         metrics.GROUP_JOINS.labels("join", "filled" if joined.filled else "joined").inc()
         slots = {**self._group_slots(joined.group, joined.campaign), "group_filled": "yes" if joined.filled else ""}
         if not joined.filled:
             return ActionResult(slots=slots)
-        effects, signals = await self.growth.group_filled(session, joined.group, joined.campaign, call.customer)
+        effects, signals = await self.growth.group_filled(session, joined.group, joined.campaign, turn.customer)
         return ActionResult(slots=slots, effects=tuple(effects), signals=tuple(signals))
 
-    async def group_status(self, call: HookCall) -> ActionResult:
-        groups = await group_buys.groups_of(call.session, call.customer.id, limit=1)
+    async def group_status(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
+        groups = await group_buys.groups_of(turn.session, turn.customer.id, limit=1)
         if not groups:
             return ActionResult()
         group = groups[0]
-        campaign = await call.session.get(Campaign, group.campaign_id)
+        campaign = await turn.session.get(Campaign, group.campaign_id)
         assert campaign is not None
         status = {"open": "拼团中", "filled": "已成团", "expired": "已过期"}[group.status]
         return ActionResult(slots={**self._group_slots(group, campaign), "group_status": status})
 
-    async def group_code_given(self, call: HookCall) -> bool:
-        return bool(self._group_code(call))
+    async def group_code_given(self, turn: Turn) -> bool:
+        return bool(self._group_code(turn))
 
-    def _group_code(self, call: HookCall) -> str:
-        return _code_from(call, "group_code", GROUP_PREFIX, GROUP_LENGTH)
+    def _group_code(self, turn: Turn) -> str:
+        return _code_from(turn, "group_code", GROUP_PREFIX, GROUP_LENGTH)
 
     def _group_slots(self, group: GroupBuy, campaign: Campaign) -> dict[str, str]:
         link = self.growth.share_link(f"{GROUP_PREFIX}{group.code}")
@@ -145,44 +145,44 @@ class GrowthActions:
 
     # ------------------------------------------------------------ invite-for-reward
 
-    async def show_invite(self, call: HookCall) -> ActionResult:
-        code = await referrals.invite_code_for(call.session, call.customer.id)
-        friends = await call.session.scalar(
-            select(func.count()).select_from(Referral).where(Referral.inviter_id == call.customer.id)
+    async def show_invite(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
+        code = await referrals.invite_code_for(turn.session, turn.customer.id)
+        friends = await turn.session.scalar(
+            select(func.count()).select_from(Referral).where(Referral.inviter_id == turn.customer.id)
         )
         link = self.growth.share_link(f"{INVITE_PREFIX}{code}")
         share = f"分享链接：{link}" if link else f"好友给我发送「邀请码 {code}」即可"
         return ActionResult(slots={"invite_code": code, "invite_link": link, "invite_share": share,
                                    "invite_friends": str(friends or 0)})
 
-    async def claim_invite(self, call: HookCall) -> ActionResult:
+    async def claim_invite(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
         """A typed code attributes the customer now; an arrival through a code was attributed on arrival."""
-        session, customer = call.session, call.customer
-        typed = _code_from(call, "invite_code", INVITE_PREFIX, INVITE_LENGTH) if not event_code(
-            call.event, INVITE_PREFIX) else ""
+        session, customer = turn.session, turn.customer
+        typed = _code_from(turn, "invite_code", INVITE_PREFIX, INVITE_LENGTH) if not event_code(
+            turn.event, INVITE_PREFIX) else ""
         if typed:
             inviter_id = await referrals.owner_of_code(session, typed)
             if inviter_id is None:
                 return self._invite_refused("unknown", typed)
-            effects, refused = await self.growth.attribute(session, customer, inviter_id, typed, call.event.channel)
+            effects, refused = await self.growth.attribute(session, customer, inviter_id, typed, turn.event.channel)
             if refused:
-                return self._invite_refused(refused, typed, await self._inviter_name(call), effects)
-            return ActionResult(slots={"inviter_name": await self._inviter_name(call)}, effects=tuple(effects))
-        name = await self._inviter_name(call)
+                return self._invite_refused(refused, typed, await self._inviter_name(turn), effects)
+            return ActionResult(slots={"inviter_name": await self._inviter_name(turn)}, effects=tuple(effects))
+        name = await self._inviter_name(turn)
         if name:
             return ActionResult(slots={"inviter_name": name})
-        if call.event.kind == "message" and not event_code(call.event, INVITE_PREFIX):
+        if turn.event.kind == "message" and not event_code(turn.event, INVITE_PREFIX):
             return self._invite_refused("missing", "")
         return ActionResult()
 
-    async def invite_code_given(self, call: HookCall) -> bool:
-        return bool(_code_from(call, "invite_code", INVITE_PREFIX, INVITE_LENGTH))
+    async def invite_code_given(self, turn: Turn) -> bool:
+        return bool(_code_from(turn, "invite_code", INVITE_PREFIX, INVITE_LENGTH))
 
-    async def _inviter_name(self, call: HookCall) -> str:
-        inviter_id = await referrals.inviter_of(call.session, call.customer.id)
+    async def _inviter_name(self, turn: Turn) -> str:
+        inviter_id = await referrals.inviter_of(turn.session, turn.customer.id)
         if inviter_id is None:
             return ""
-        inviter = await call.session.get(Customer, inviter_id)
+        inviter = await turn.session.get(Customer, inviter_id)
         return (inviter.display_name if inviter else "") or "您的好友"
 
     def _invite_refused(self, reason: str, code: str, inviter: str = "", effects: Sequence[Effect] = ()
@@ -190,17 +190,11 @@ class GrowthActions:
         text = INVITE_REFUSED[reason].format(code=code, inviter=inviter or "好友")
         return ActionResult(slots={"invite_refused": reason}, replies=(text,), effects=tuple(effects))
 
-    # ------------------------------------------------------------ stages
-
-    async def stage_entered(self, call: HookCall, stage: str) -> Sequence[Effect]:
-        return await self.growth.stage_reached(call.session, call.customer, stage, call.customer.id)
-
-
-def _code_from(call: HookCall, slot: str, prefix: str, length: int) -> str:
+def _code_from(turn: Turn, slot: str, prefix: str, length: int) -> str:
     """The code in the slot, the arrival's scene, or the message text (with spaces, dashes, full-width)."""
-    if call.slots.get(slot):
-        return normalise_code(call.slots[slot])
-    scene = event_code(call.event, prefix)
+    if turn.slots.get(slot):
+        return normalise_code(turn.slots[slot])
+    scene = event_code(turn.event, prefix)
     if scene:
         return scene
-    return next((code for code in codes_in(call.event.text) if len(code) == length), "")
+    return next((code for code in codes_in(turn.event.text) if len(code) == length), "")

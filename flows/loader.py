@@ -56,12 +56,12 @@ from pathlib import Path
 
 import yaml
 
+from crm_store.lifecycle_settings import LifecycleSettings
 from flows.build import build_catalog, build_flow, build_rules
 from flows.checks import Names, check_all
 from flows.errors import FlowError, FlowLoadError, Reporter
 from flows.model import FlowSet
 from flows.schema import check_file
-from flows.settings import LifecycleSettings
 from flows.yaml_source import MAX_BYTES, Node, human_size, parse_yaml
 
 __all__ = [

@@ -27,7 +27,7 @@ from flows.patterns import compile_pattern
 from nlu.text import cache_form, clean
 
 if TYPE_CHECKING:
-    from bot.events import InboundEvent
+    from core.events import InboundEvent
     from nlu.intent import Intent
 
 MAX_TEXT = 1000

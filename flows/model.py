@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.events import LinkCard, MiniProgramCard
+from core.events import LinkCard, MiniProgramCard
+from core.templates import Template
 
 END = ""  # `next` of the last step: the flow (or sub-flow) is finished
 
@@ -41,14 +42,6 @@ EXPECTS = frozenset({"text", "intent", "choice", "phone", "number", "email"})
 TEMPLATE_FIELDS = frozenset(
     {"customer.name", "customer.stage", "customer.stage_label", "customer.id", "event.code", "intent.name"}
 )
-
-
-@dataclass(frozen=True)
-class Template:
-    """Text with `{{ customer.name }}`-style fields; `fields` are the dotted names it uses."""
-
-    source: str
-    fields: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- triggers

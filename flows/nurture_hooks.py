@@ -12,8 +12,9 @@ with the reply that caused them, or not at all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from crm_store.enrolments import (
@@ -25,7 +26,8 @@ from crm_store.enrolments import (
     running_enrolments,
 )
 from crm_store.models import utcnow
-from flows.hooks import ActionResult, ArrivalResult, HookCall, Hooks
+from flows.hooks import ActionResult, Hooks
+from flows.turn import Turn
 
 log = logging.getLogger("scrm.nurture")
 
@@ -40,29 +42,26 @@ class NurtureHooks:
 
     def register(self, hooks: Hooks) -> Hooks:
         hooks.actions.update({"sequence.enroll": self.enroll_action, "sequence.stop": self.stop_action})
-        hooks.signal_handlers.append(self.signal)
-        hooks.message_handlers.append(self.replied)
-        hooks.arrivals.append(self.arrival)
         return hooks
 
-    async def enroll_action(self, call: HookCall) -> ActionResult:
-        name = str(call.params.get("sequence", ""))
+    async def enroll_action(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
+        name = str(params.get("sequence", ""))
         try:
-            sequence, state = await self.catalog.current(call.session, name)
+            sequence, state = await self.catalog.current(turn.session, name)
         except EnrolError as exc:
-            log.warning("nurture.enroll_refused customer=%s %s", call.customer.id, exc)
+            log.warning("nurture.enroll_refused customer=%s %s", turn.customer.id, exc)
             return ActionResult()
-        await enrol(call.session, call.customer.id, sequence, state.current_version, "flow", self.zone)
+        await enrol(turn.session, turn.customer.id, sequence, state.current_version, "flow", self.zone)
         return ActionResult()
 
-    async def stop_action(self, call: HookCall) -> ActionResult:
-        name = call.params.get("sequence")
-        await end_enrolments(call.session, [call.customer.id], "flow", [str(name)] if name else None)
+    async def stop_action(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
+        name = params.get("sequence")
+        await end_enrolments(turn.session, [turn.customer.id], "flow", [str(name)] if name else None)
         return ActionResult()
 
-    async def signal(self, call: HookCall, kind: str, value: str) -> None:
+    async def signal(self, turn: Turn, kind: str, value: str) -> None:
         """A tag or a stage: exits first (a stage change ends what watched for one), then enrolments."""
-        session, customer = call.session, call.customer
+        session, customer = turn.session, turn.customer
         now = utcnow()
         for enrolment in await running_enrolments(session, customer.id):
             sequence = await self.catalog.get(session, enrolment.sequence, enrolment.version)
@@ -72,22 +71,22 @@ class NurtureHooks:
                       f"{kind}:{value}" if sequence.exits_on(kind, value) else "")
             if reason:
                 await end_enrolments(session, [customer.id], reason, [enrolment.sequence], now)
-        await self._enrol_on(call, kind, value)
+        await self._enrol_on(turn, kind, value)
 
-    async def arrival(self, call: HookCall) -> ArrivalResult:
-        if call.event.kind == "contact_added" and call.event.scene:
-            await self._enrol_on(call, "contact_added", call.event.scene)
-        return ArrivalResult()
+    async def arrival(self, turn: Turn) -> None:
+        """A contact added through a channel code may enrol the customer in the sequences that watch for it."""
+        if turn.event.kind == "contact_added" and turn.event.scene:
+            await self._enrol_on(turn, "contact_added", turn.event.scene)
 
-    async def replied(self, call: HookCall) -> None:
+    async def replied(self, turn: Turn) -> None:
         now = utcnow()
-        await mark_replied(call.session, call.customer.id, now, REPLY_WINDOW)
-        for enrolment in await running_enrolments(call.session, call.customer.id):
-            sequence = await self.catalog.get(call.session, enrolment.sequence, enrolment.version)
+        await mark_replied(turn.session, turn.customer.id, now, REPLY_WINDOW)
+        for enrolment in await running_enrolments(turn.session, turn.customer.id):
+            sequence = await self.catalog.get(turn.session, enrolment.sequence, enrolment.version)
             if sequence.exits_on("replied"):
-                await end_enrolments(call.session, [call.customer.id], "replied", [enrolment.sequence], now)
+                await end_enrolments(turn.session, [turn.customer.id], "replied", [enrolment.sequence], now)
 
-    async def _enrol_on(self, call: HookCall, kind: str, value: str) -> None:
-        for sequence, version in await self.catalog.live(call.session):
+    async def _enrol_on(self, turn: Turn, kind: str, value: str) -> None:
+        for sequence, version in await self.catalog.live(turn.session):
             if any(k == kind and (v == value or (kind == "contact_added" and v == "any")) for k, v in sequence.enroll):
-                await enrol(call.session, call.customer.id, sequence, version, f"{kind}:{value}", self.zone)
+                await enrol(turn.session, turn.customer.id, sequence, version, f"{kind}:{value}", self.zone)

@@ -12,11 +12,12 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.tags import sync_catalog
 from flows.loader import FlowLoadError, intents_of_domain, load_sources, read_directory
 from flows.model import FlowSet
 from flows.releases import Published, current_release_id, publish
-from flows.settings import FlowSettings, LifecycleSettings
+from flows.settings import FlowSettings
 from nlu.settings import NluSettings
 
 log = logging.getLogger("scrm.flows")

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.models import FlowRelease, FlowVersion
 from flows.loader import load_sources
 from flows.model import FlowSet
-from flows.settings import LifecycleSettings
 
 RELEASES_REMEMBERED = 32
 

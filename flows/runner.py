@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from bot.events import Effect, InboundEvent, MenuItem, Note, Reply
+from core.events import Reply
+from core.templates import Template, render
 from crm_store import lifecycle as stages
 from crm_store import social, tags
-from crm_store.models import Customer, utcnow
+from crm_store.models import utcnow
 from flows.answers import answer_to
-from flows.hooks import HookCall, Hooks
+from flows.hooks import Hooks
 from flows.model import (
     END,
     Action,
@@ -34,45 +33,20 @@ from flows.model import (
     Goto,
     Handoff,
     Marketing,
-    MenuChoice,
     Say,
     SetStage,
     Step,
     TagStep,
-    Template,
     Wait,
 )
-from flows.templates import render
+from flows.turn import Turn
 
 if TYPE_CHECKING:
-    from nlu.intent import Intent
+    pass
 
 log = logging.getLogger("scrm.flows")
 
 HANDOFF_MESSAGE = "好的，正在为您转接人工客服，请稍候。"
-
-
-@dataclass
-class Turn:
-    """One event being handled: who, what was understood, and what the turn produced."""
-
-    session: AsyncSession
-    event: InboundEvent
-    customer: Customer
-    intent: Intent | None
-    lifecycle: stages.Lifecycle
-    effects: list[Effect] = field(default_factory=list)
-    signals: list[tuple[str, str]] = field(default_factory=list)  # ("tag", name) / ("stage", id)
-    handoff: str = ""  # a flow's handoff step ran: its reason (the desk hands the customer over)
-    fell_back: bool = False  # the fallback flow answered: the bot did not understand
-    slots: dict[str, str] = field(default_factory=dict)  # the conversation's slots after the turn
-
-    def reply(self, text: str, menu: tuple[MenuChoice, ...] = ()) -> None:
-        if text or menu:
-            self.effects.append(Reply(text, tuple(MenuItem(c.id, c.text) for c in menu)))
-
-    def note(self, kind: str, **data: Any) -> None:
-        self.effects.append(Note(kind, data))
 
 
 @dataclass
@@ -99,9 +73,10 @@ class Stop:
 
 
 class Runner:
-    def __init__(self, hooks: Hooks, max_steps: int) -> None:
+    def __init__(self, hooks: Hooks, max_steps: int, lifecycle: stages.Lifecycle) -> None:
         self.hooks = hooks
         self.max_steps = max_steps
+        self.lifecycle = lifecycle
 
     # ------------------------------------------------------------ moving on
 
@@ -266,7 +241,8 @@ class Runner:
             if check is None:
                 log.warning("flows.check_unavailable check=%s flow=%s", when.check, pos.flow.id)
                 return False
-            return await check(self._hook_call(pos, turn, {}))
+            turn.slots = pos.slots  # the check sees the slots so far
+            return await check(turn)
         return True
 
     async def _tag(self, step: TagStep, pos: Position, turn: Turn) -> None:
@@ -279,7 +255,7 @@ class Runner:
     async def _set_stage(self, step: SetStage, pos: Position, turn: Turn) -> None:
         reason = f"flow:{pos.flow.id}.{step.id}"
         try:
-            if await stages.set_stage(turn.session, turn.customer, step.stage, reason, turn.lifecycle):
+            if await stages.set_stage(turn.session, turn.customer, step.stage, reason, self.lifecycle):
                 turn.signals.append(("stage", step.stage))
         except stages.StageNotAllowed as exc:
             turn.note("stage.refused", stage=step.stage, reason=str(exc), flow=pos.flow.id, step=step.id)
@@ -290,16 +266,14 @@ class Runner:
             log.warning("flows.action_unavailable action=%s flow=%s", step.name, pos.flow.id)
             turn.note("action.unavailable", action=step.name, flow=pos.flow.id, step=step.id)
             return step.next
-        result = await handler(self._hook_call(pos, turn, step.params))
+        turn.slots = pos.slots  # the action sees the slots so far
+        result = await handler(turn, step.params)
         pos.slots.update({key: str(value) for key, value in result.slots.items()})
         for text in result.replies:
             turn.reply(text)
         turn.effects.extend(result.effects)
         turn.signals.extend(result.signals)
         return result.goto or step.next
-
-    def _hook_call(self, pos: Position, turn: Turn, params: dict[str, Any]) -> HookCall:
-        return HookCall(turn.session, turn.customer, turn.event, dict(pos.slots), params)
 
     def _render(self, template: Template, pos: Position, turn: Turn) -> str:
         if not template.source:
@@ -309,7 +283,7 @@ class Runner:
             "customer.name": customer.display_name,
             "customer.id": customer.id,
             "customer.stage": customer.stage,
-            "customer.stage_label": turn.lifecycle.label(customer.stage),
+            "customer.stage_label": self.lifecycle.label(customer.stage),
             "event.code": turn.event.scene,
             "intent.name": turn.intent.name if turn.intent else "",
         }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.templates import TemplateError, parse_template
 from flows.errors import Reporter
 from flows.model import ENTRY_EVENTS, EXPECTS
 from flows.patterns import PatternError, compile_pattern, normalise
@@ -29,7 +30,6 @@ from flows.spec import (
     Tagged,
     Text,
 )
-from flows.templates import TemplateError, parse_template
 from flows.yaml_source import Node
 
 ID_PATTERN = r"[a-z][a-z0-9_]{0,63}"

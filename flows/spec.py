@@ -11,12 +11,12 @@ Checking never builds anything: the loader's second step reads nodes that passed
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from core.spelling import did_you_mean
 from flows.errors import Reporter
 from flows.yaml_source import Node
 
@@ -32,12 +32,6 @@ def parse_duration(node: Node) -> float | None:
         return float(node.value)
     match = _DURATION.fullmatch(node.text.strip())
     return float(match.group(1)) * _UNITS[match.group(2)] if match else None
-
-
-def did_you_mean(word: str, options: Sequence[str]) -> str:
-    cutoff = 0.5 if len(word) <= 3 else 0.6  # 意像 → 意向 is one character in two
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=cutoff)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def describe(node: Node) -> str:

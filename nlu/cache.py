@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 
-from crm_store.shared_state import SharedState
+from core.shared_state import SharedState
 from nlu.intent import SOURCE_CACHE, Entity, Intent
 from nlu.metrics import CACHE_ERRORS
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from crm_store.shared_state import SharedState
+from core.shared_state import SharedState
 from nlu.cache import ParseCache
 from nlu.intent import (
     FALLBACK_INTENT,

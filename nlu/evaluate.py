@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crm_store.shared_state import MemoryState
+from core.shared_state import MemoryState
 from nlu.client import NluClient
 from nlu.intent import Intent
 from nlu.rasa_runtime import TrainingFailed, rasa_env, rasa_executable

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -19,10 +19,7 @@ from bot.api.errors import ApiError, Handler
 from bot.runtime import RUNTIME, Runtime
 from crm_store.api_keys import authenticate
 from crm_store.lifecycle import Lifecycle
-from flows import growth_hooks
-from flows.growth import Growth
-from flows.hooks import Hooks
-from flows.nurture_hooks import NurtureHooks
+from flows.assembly import Domain
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PUBLIC_PATHS = frozenset({"/api/v1/openapi.json"})
@@ -46,17 +43,19 @@ class Principal:
 
 @dataclass
 class ApiContext:
-    """What the handlers use, built once from the runtime: the same lifecycle and hooks as the flow engine."""
+    """What the handlers use: the runtime and its assembled domain (the same pipeline as the worker's)."""
 
     runtime: Runtime
-    lifecycle: Lifecycle
-    hooks: Hooks
-    nurture: NurtureHooks
+    domain: Domain
     limits: ApiLimits
-    zone: ZoneInfo = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.zone = self.nurture.zone
+    @property
+    def lifecycle(self) -> Lifecycle:
+        return self.domain.lifecycle
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.domain.nurture.zone
 
 
 API_LIMITS = web.AppKey("api_limits", ApiLimits)
@@ -70,12 +69,9 @@ def context(request: web.Request) -> ApiContext:
     runtime = request.config_dict[RUNTIME]
     made = cache.get(id(runtime))
     if made is None or made.runtime is not runtime:
-        settings = runtime.settings
-        lifecycle = Lifecycle(settings.lifecycle)
-        hooks = growth_hooks.register(Hooks(), Growth(settings.growth, lifecycle))
-        nurture = NurtureHooks(settings.nurture.timezone, settings.growth.purchase_stages)
-        nurture.register(hooks)
-        made = cache[id(runtime)] = ApiContext(runtime, lifecycle, hooks, nurture, request.app[API_LIMITS])
+        if runtime.domain is None:
+            raise ApiError(503, "unavailable", "the API needs the assembled flows (this bot runs a custom pipeline)")
+        made = cache[id(runtime)] = ApiContext(runtime, runtime.domain, request.app[API_LIMITS])
     return made
 
 

@@ -119,7 +119,7 @@ async def post_enrolment(request: web.Request) -> web.Response:
     body = await read_json(request, EnrolmentIn, ctx.limits.max_body_bytes)
     async with ctx.runtime.sessions.begin() as session:
         try:
-            sequence, state = await ctx.nurture.catalog.current(session, name[:64])
+            sequence, state = await ctx.domain.nurture.catalog.current(session, name[:64])
         except EnrolError as exc:
             raise ApiError(404, "not_found", str(exc)) from None
         customer = await locked_customer(session, body.customer_id)

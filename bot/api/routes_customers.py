@@ -18,14 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.api.auth import ApiContext, context
 from bot.api.errors import ApiError, path_id, read_json, read_query
-from bot.events import InboundEvent, Note, Notify, Reply
-from bot.worker import write_side_effect
+from bot.delivery import write_effects
+from core.events import InboundEvent
 from crm_store.customer_queries import CustomerRow, current_customer, customer_card, find_customers
-from crm_store.customers import record
 from crm_store.lifecycle import StageNotAllowed, set_stage
 from crm_store.models import Customer, as_utc
 from crm_store.tags import add_tags, remove_tags, tags_of
-from flows.hooks import HookCall
+from flows.turn import Turn
 
 Moment = Annotated[datetime, AfterValidator(as_utc)]  # SQLite reads naive UTC times back
 TagName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
@@ -195,26 +194,18 @@ async def locked_customer(session: AsyncSession, customer_id: int) -> Customer:
 
 
 async def follow_stage(ctx: ApiContext, session: AsyncSession, customer: Customer, stage: str, dedup: str) -> int:
-    """What the flow engine does after a stage change, for a change made outside a turn; notifications queued.
+    """A stage change made outside a chat, followed by the same pipeline as one a flow makes (sequences,
+    referral conversion, rewards, a flow the stage starts); messages queued.
 
-    Signal handlers (nurture exits and enrolments), then stage handlers (referral conversion, rewards).
-    The customer is not in a chat turn, so what would have been a reply to them is a notification.
+    The customer is not in a chat turn, so what would have been a reply to them is a notification
+    where they last chatted.
     """
-    event = InboundEvent(channel="app", kind="other", dedup_key=dedup, sender="api")
-    call = HookCall(session, customer, event, {}, {})
-    for signal_handler in ctx.hooks.signal_handlers:
-        await signal_handler(call, "stage", stage)
-    queued = index = 0
-    for handler in ctx.hooks.stage_handlers:
-        for effect in await handler(call, stage):
-            index += 1
-            if isinstance(effect, Note):
-                await record(session, customer.id, effect.kind, effect.data)
-                continue
-            side = Notify(customer.id, effect.text, "api.stage") if isinstance(effect, Reply) else effect
-            queued += await write_side_effect(session, f"{dedup}:{stage}:{index}", side,
-                                              ctx.runtime.settings.wecom.app.agent_id)
-    return queued
+    event = InboundEvent(channel="api", kind="stage_changed", dedup_key=dedup, sender=str(customer.id),
+                         extra={"name": "api.stage"})
+    turn = Turn(session, event, customer, signals=[("stage", stage)])
+    effects = await ctx.domain.pipeline.run(turn)
+    return await write_effects(session, f"{dedup}:{stage}", event, customer, effects,
+                               ctx.runtime.settings.wecom.app.agent_id)
 
 
 def add_routes(api: web.Application) -> None:

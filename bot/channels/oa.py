@@ -23,7 +23,7 @@ from bot.channels.base import (
     required,
     text_of,
 )
-from bot.events import EventKind, InboundEvent
+from core.events import EventKind, InboundEvent
 
 EVENT_KINDS: dict[str, EventKind] = {
     "subscribe": "subscribe",

@@ -22,7 +22,7 @@ from bot.channels.base import (
     required,
     text_of,
 )
-from bot.events import Channel, InboundEvent
+from core.events import Channel, InboundEvent
 
 CONTACT_CHANGES = {
     "add_external_contact": "contact_added",

@@ -30,10 +30,10 @@ from bot.runtime import build_apis
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import fake_for
 from bot.settings import Settings, load_settings
+from core.shared_state import open_shared_state
 from crm_store.channels import brand_day, channel_by_code, record_arrival
 from crm_store.customers import Profile, resolve_customer
 from crm_store.db import create_engine, session_factory
-from crm_store.shared_state import open_shared_state
 from flows.loader import read_directory
 from flows.publishing import publish_flows, validate
 from tests.conftest import Backend

@@ -14,7 +14,6 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
-from bot.handoff_desk import HandoffDesk
 from bot.rep_departure import DepartureError, depart_with
 from bot.sandbox.fake_wechat import Sent
 from bot.sandbox.simulator import SANDBOX_KF_ACCOUNT
@@ -24,6 +23,7 @@ from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, utcnow
 from crm_store.reps import add_rep, set_team
 from crm_store.tags import add_tags
+from flows.handoff_desk import HandoffDesk
 from tests.bot.conftest import Bot
 from tests.flows.test_engine import customer_of, say, timeline_kinds
 

@@ -15,12 +15,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
+from core.sequences import SeqStep
 from crm_store.enrolments import SequenceCatalog, due_at, enrol, publish
 from crm_store.handoffs import start
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, OutboxItem, as_utc, utcnow
 from crm_store.nurture_models import Enrolment, NurtureSend
-from flows.sequences import SeqStep, load_sequences
+from flows.sequences import load_sequences
 from tests.bot.conftest import Bot
 from tests.flows.test_engine import customer_of, say
 

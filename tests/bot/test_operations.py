@@ -7,27 +7,31 @@ import logging
 
 from sqlalchemy import select
 
-from bot.events import Reply
 from bot.logs import MaskingFormatter, mask
 from bot.runtime import Runtime
+from core.events import Reply
 from crm_store.models import InboxItem, OutboxItem
+from flows.pipeline import Next, Pipeline
+from flows.turn import Turn
 from tests.bot.conftest import Bot
 
 
-class SlowConversation:
+class SlowStage:
+    name = "slow"
+
     def __init__(self) -> None:
         self.entered = asyncio.Event()
 
-    async def handle(self, event, customer, context):  # type: ignore[no-untyped-def]
+    async def __call__(self, turn: Turn, next: Next) -> None:
         self.entered.set()
         await asyncio.sleep(0.2)
-        return [Reply("慢慢来")]
+        turn.effects.append(Reply("慢慢来"))
 
 
 async def test_shutdown_finishes_the_turn_in_flight(bot: Bot) -> None:
 
-    slow = SlowConversation()
-    runtime = await Runtime.open(bot.runtime.settings, slow)
+    slow = SlowStage()
+    runtime = await Runtime.open(bot.runtime.settings, Pipeline([slow]))
     runtime.start_background()
     await bot.simulator.kf_says(bot.url, "wmShutdown", "你好")
     runtime.inbox.wake()

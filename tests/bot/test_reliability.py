@@ -22,7 +22,7 @@ class StallingConversation:
     def __init__(self) -> None:
         self.entered = asyncio.Event()
 
-    async def handle(self, event, customer, context):  # type: ignore[no-untyped-def]
+    async def run(self, turn):  # type: ignore[no-untyped-def]
         self.entered.set()
         await asyncio.Event().wait()
 
@@ -35,7 +35,7 @@ async def expire_claims(bot: Bot, model: type) -> None:
 
 async def test_crash_between_inbox_and_outbox_loses_nothing(bot: Bot) -> None:
     stalled = StallingConversation()
-    bot.runtime.worker.conversation = stalled
+    bot.runtime.worker.pipeline = stalled
     await bot.simulator.kf_says(bot.url, "wmCrash", "你好")
     dying = asyncio.create_task(bot.runtime.inbox.drain())
     await asyncio.wait_for(stalled.entered.wait(), 10)
@@ -46,9 +46,10 @@ async def test_crash_between_inbox_and_outbox_loses_nothing(bot: Bot) -> None:
     await asyncio.gather(*bot.runtime.inbox.in_flight, return_exceptions=True)
     assert bot.replies_to("wmCrash") == []
     # A restarted process (a fresh runtime on the same store) finds the item once its claim expires.
-    from bot.responder import BuiltinResponder
+    from flows.pipeline import Pipeline
+    from flows.responder import BuiltinResponder
 
-    restarted = await Runtime.open(bot.runtime.settings, BuiltinResponder())
+    restarted = await Runtime.open(bot.runtime.settings, Pipeline([BuiltinResponder()]))
     try:
         await restarted.drain()
         assert bot.replies_to("wmCrash") == []  # the dead worker's claim is still valid
@@ -152,9 +153,10 @@ async def test_two_workers_share_the_inbox_without_double_work(bot: Bot) -> None
         bot.fake.add_kf_text("wkSandboxKf", f"wmMany{index % 10}", "你好")
     await bot.simulator.kf_says(bot.url, "wmMany0", "你好")
     await bot.runtime.inbox.drain()  # the pull: 41 messages stored
-    from bot.responder import BuiltinResponder
+    from flows.pipeline import Pipeline
+    from flows.responder import BuiltinResponder
 
-    second = await Runtime.open(bot.runtime.settings, BuiltinResponder())
+    second = await Runtime.open(bot.runtime.settings, Pipeline([BuiltinResponder()]))
     try:
         await asyncio.gather(bot.runtime.drain(), second.drain())
     finally:
@@ -169,9 +171,10 @@ async def test_two_workers_share_the_inbox_without_double_work(bot: Bot) -> None
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # Redis: shared by instances
 async def test_instances_share_one_access_token_through_redis(bot: Bot) -> None:
-    from bot.responder import BuiltinResponder
+    from flows.pipeline import Pipeline
+    from flows.responder import BuiltinResponder
 
-    others = [await Runtime.open(bot.runtime.settings, BuiltinResponder()) for _ in range(3)]
+    others = [await Runtime.open(bot.runtime.settings, Pipeline([BuiltinResponder()])) for _ in range(3)]
     try:
         tokens = await asyncio.gather(
             *(runtime.apis["wecom.kf"].access_token() for runtime in [bot.runtime, *others])

@@ -14,10 +14,10 @@ from crm_store.customers import Profile, record, resolve_customer
 from crm_store.db import create_engine, session_factory
 from crm_store.growth_settings import SocialWeights
 from crm_store.lifecycle import Lifecycle, set_stage
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.models import Customer
 from crm_store.social import bump
 from crm_store.tags import add_tags
-from flows.settings import LifecycleSettings
 from tests.conftest import Backend
 
 Sessions = async_sessionmaker[AsyncSession]

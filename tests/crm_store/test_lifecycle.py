@@ -21,9 +21,9 @@ from crm_store.lifecycle import (
     set_stage,
     transitions,
 )
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.models import Customer, StageChange
 from crm_store.reports import funnel_report
-from flows.settings import LifecycleSettings
 from tests.conftest import Backend
 
 Sessions = async_sessionmaker[AsyncSession]

@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from crm_store.customers import record
 from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import Lifecycle, funnel
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.migrate import upgrade_async
 from crm_store.models import TimelineEvent
 from crm_store.reports import funnel_report
 from crm_store.reports_bot import nlu_report
-from flows.settings import LifecycleSettings
 from tests.conftest import create_pg_database, drop_pg_database
 
 LIFECYCLE = Lifecycle(LifecycleSettings())

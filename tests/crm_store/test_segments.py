@@ -14,6 +14,7 @@ from crm_store.customers import Profile, resolve_customer
 from crm_store.db import create_engine, session_factory
 from crm_store.growth_models import EntryChannel, SocialStats
 from crm_store.lifecycle import Lifecycle
+from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.segments import (
     Segment,
     SegmentError,
@@ -23,7 +24,6 @@ from crm_store.segments import (
     tag_ids,
 )
 from crm_store.tags import add_tags, sync_catalog
-from flows.settings import LifecycleSettings
 from tests.conftest import Backend
 
 Sessions = async_sessionmaker[AsyncSession]

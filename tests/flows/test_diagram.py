@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from defusedxml import ElementTree
 
+from crm_store.lifecycle_settings import LifecycleSettings
 from flows.diagram import edges, layers, mermaid, nodes, step_targets, summary, svg
 from flows.loader import load_directory, load_sources
 from flows.model import Flow
-from flows.settings import LifecycleSettings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SVG = "{http://www.w3.org/2000/svg}"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import flows.loader
+from core.templates import TemplateError, parse_template, render
+from crm_store.lifecycle_settings import LifecycleSettings
 from flows.errors import FlowError, FlowLoadError
 from flows.loader import intents_of_domain, load_directory, load_sources, read_directory, read_paths
 from flows.model import (
@@ -30,8 +32,6 @@ from flows.model import (
     Wait,
 )
 from flows.patterns import compile_pattern
-from flows.settings import LifecycleSettings
-from flows.templates import TemplateError, parse_template, render
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from crm_store.shared_state import MemoryState, RedisState, SharedState
+from core.shared_state import MemoryState, RedisState, SharedState
 from nlu.settings import NluSettings
 
 REDIS_TEST_URL = os.environ.get("SCRM_TEST_REDIS", "redis://127.0.0.1:6379/15")

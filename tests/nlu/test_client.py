@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from prometheus_client import REGISTRY
 
-from crm_store.shared_state import MemoryState, SharedState
+from core.shared_state import MemoryState, SharedState
 from nlu.client import NluClient
 from nlu.settings import NluSettings
 from tests.nlu.conftest import FakeRasa

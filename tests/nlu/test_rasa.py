@@ -19,7 +19,7 @@ import pytest_asyncio
 from click.testing import CliRunner
 
 from admin_cli.main import cli
-from crm_store.shared_state import MemoryState
+from core.shared_state import MemoryState
 from nlu.client import NluClient
 from nlu.evaluate import evaluate_held_out
 from nlu.rasa_runtime import RasaUnavailable, rasa_executable

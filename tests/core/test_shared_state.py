@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from crm_store.shared_state import LockNotAcquired, MemoryState, RedisState, SharedState
+from core.shared_state import LockNotAcquired, MemoryState, RedisState, SharedState
 from tests.conftest import REDIS_TEST_URL
 
 

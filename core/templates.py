@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-
-from flows.model import Template
+from dataclasses import dataclass
 
 _NAME = r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)*"
 _FIELD = re.compile(r"\{\{\s*(" + _NAME + r")\s*\}\}")
@@ -28,6 +27,14 @@ ALLOWED = (
     "no calls, filters, operators, indexing or {% %} statements"
 )
 _SNIPPET = 40
+
+
+@dataclass(frozen=True)
+class Template:
+    """Text with `{{ customer.name }}`-style fields; `fields` are the dotted names it uses."""
+
+    source: str
+    fields: tuple[str, ...] = ()
 
 
 class TemplateError(ValueError):

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.events import KfState, Notify, Reply, SideEffect, ToRep
+from core.events import LEAVING, KfState, Notify, Reply, SideEffect, ToRep
 from crm_store import handoffs
 from crm_store.conversations import active_conversation, end_conversation
 from crm_store.customers import record
@@ -26,13 +26,12 @@ from crm_store.models import Customer, as_utc, utcnow
 from crm_store.office_hours import say_when
 from crm_store.social import stats_of
 from crm_store.tags import tags_of
-from flows.runner import Turn
+from flows.turn import Turn
 
 REASON_LABELS = {
     "want_human": "客户要求人工", "complain": "客户投诉", "complaint": "客户投诉", "low_confidence": "机器人连续没听懂",
     "high_value": "高价值客户", "order_status": "查询订单",
 }
-LEAVING = frozenset({"unsubscribe", "contact_removed", "contact_lost"})
 
 
 class DeskError(ValueError):

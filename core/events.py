@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Channel = Literal["kf", "contacts", "app", "oa", "api"]  # api: another system (POST /api/v1/events)
+from core.reply_address import Channel, ReplyAddress
 
 # What happened, whatever the channel:
 #   message        the customer wrote (text) or clicked a kf menu item (menu_id set)
@@ -23,6 +23,8 @@ Channel = Literal["kf", "contacts", "app", "oa", "api"]  # api: another system (
 #   session_ended  the kf session was ended by the rep or by WeCom (session_status_change)
 #   external       another system reported an event about the customer (channel api; sender is the
 #                  customer id; extra: name, data): flows with an `external:` trigger start on it
+#   stage_changed  another system moved the customer's stage (channel api; sender is the customer id):
+#                  the turn follows the stage as it follows one a flow set
 EventKind = Literal[
     "message",
     "enter_session",
@@ -39,8 +41,14 @@ EventKind = Literal[
     "rep_message",
     "session_ended",
     "external",
+    "stage_changed",
     "other",
 ]
+
+# Kinds by what they mean for a turn (one place, used by every stage and the handoff desk).
+LEAVING: frozenset[str] = frozenset({"unsubscribe", "contact_removed", "contact_lost"})
+ARRIVING: frozenset[str] = frozenset({"message", "enter_session", "contact_added", "subscribe", "scan", "menu_click"})
+OUTSIDE_THE_CHAT: frozenset[str] = frozenset({"timer", "stage_changed"})  # the bot's timers, another system's moves
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,10 @@ class InboundEvent:
     @property
     def identity_kind(self) -> str:
         return "oa" if self.channel == "oa" else "wecom"
+
+    @property
+    def reply_address(self) -> ReplyAddress:
+        return ReplyAddress(self.channel, self.sender, self.account)
 
     @property
     def queue_key(self) -> str:
