@@ -8,6 +8,7 @@ created before the unionid was known.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -25,8 +26,11 @@ from crm_store.models import (
     OutboxItem,
     StageChange,
     TimelineEvent,
+    as_utc,
     utcnow,
 )
+
+SEEN_EVERY = timedelta(minutes=1)  # last_seen_at is written at most this often: not a row update per message
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,9 @@ async def resolve_customer(
         customer = await _follow_merges(session, owner)
         if profile.unionid and customer.unionid != profile.unionid:
             customer = await _attach_unionid(session, customer, profile.unionid)
-    customer.last_seen_at = utcnow()
+    now = utcnow()
+    if customer.last_seen_at is None or as_utc(customer.last_seen_at) <= now - SEEN_EVERY:
+        customer.last_seen_at = now
     return customer
 
 

@@ -14,8 +14,8 @@ from sqlalchemy import event
 from tests.bot.conftest import Bot
 
 # (statements, transactions) of the worker's part of one turn, per store.
-KF_BUDGET = {"sqlite": (37, 6), "postgres": (29, 6)}
-OA_BUDGET = {"sqlite": (24, 3), "postgres": (19, 3)}
+KF_BUDGET = {"sqlite": (36, 6), "postgres": (28, 6)}
+OA_BUDGET = {"sqlite": (23, 3), "postgres": (18, 3)}
 
 
 @dataclass
