@@ -220,6 +220,14 @@ def _oa_text(reply: Reply) -> str:
 # ---------------------------------------------------------------- outbox rows
 
 
+def queue_call(session: AsyncSession, dedup_key: str, call: OutboundCall, customer_id: int | None = None,
+               queue_key: str = "") -> None:
+    """The outbox row for `call`: sent once per `dedup_key`, one at a time per queue key (the customer's,
+    unless another is named: a rep's)."""
+    session.add(OutboxItem(dedup_key=dedup_key, queue_key=queue_key or f"customer:{customer_id}", kind=call.kind,
+                           payload=call.payload, customer_id=customer_id))
+
+
 async def write_effects(
     session: AsyncSession,
     origin_key: str,
@@ -250,15 +258,7 @@ async def write_effects(
         if call is None:
             await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
             continue
-        session.add(
-            OutboxItem(
-                dedup_key=f"{origin_key}#{queued}",
-                queue_key=f"customer:{customer.id}",
-                kind=call.kind,
-                payload=call.payload,
-                customer_id=customer.id,
-            )
-        )
+        queue_call(session, f"{origin_key}#{queued}", call, customer.id)
         await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
         replies += 1
         queued += 1
@@ -274,8 +274,7 @@ async def write_side_effect(session: AsyncSession, dedup_key: str, effect: SideE
         call, queue_key, customer_id = rep_call(effect, agent_id), f"rep:{effect.userid}", None
     else:
         call, queue_key, customer_id = kf_state_call(effect), f"customer:{effect.customer_id}", effect.customer_id
-    session.add(OutboxItem(dedup_key=dedup_key, queue_key=queue_key, kind=call.kind, payload=call.payload,
-                           customer_id=customer_id))
+    queue_call(session, dedup_key, call, customer_id, queue_key)
     return 1
 
 
@@ -288,8 +287,7 @@ async def write_notification(session: AsyncSession, dedup_key: str, notify: Noti
         await record(session, notify.customer_id, "notify.undeliverable", {"reason": why, "about": notify.reason,
                                                                             "text": notify.text[:200]})
         return 0
-    session.add(OutboxItem(dedup_key=dedup_key, queue_key=f"customer:{notify.customer_id}", kind=call.kind,
-                           payload=call.payload, customer_id=notify.customer_id))
+    queue_call(session, dedup_key, call, notify.customer_id)
     await record(session, notify.customer_id, "outbound.notify",
                  {"text": notify.text[:200], "via": call.kind, "about": notify.reason})
     return 1

@@ -20,21 +20,20 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import notify_call
+from bot.delivery import OutboundCall, notify_call, queue_call
 from core.sequences import Condition, NurtureSequence
 from core.templates import parse_template, render
 from crm_store.enrolments import SequenceCatalog, schedule_step
 from crm_store.growth_models import GroupBuy, GroupMember, SocialStats
 from crm_store.handoff_models import OPEN_STATUSES, Handoff
 from crm_store.lifecycle import Lifecycle
-from crm_store.models import Conversation, Customer, CustomerTag, Identity, OutboxItem, Tag, as_utc, utcnow
+from crm_store.models import Conversation, Customer, CustomerTag, Identity, Tag, as_utc, utcnow
 from crm_store.nurture_models import Enrolment, NurtureSend, Push, SequenceState
 from crm_store.nurture_settings import NurtureSettings
 
@@ -172,9 +171,7 @@ class NurtureDispatcher:
         call, via, why = self._channel(customer, self._render(text, customer), batch, now)
         if call is None:
             return self._skip(session, send, enrolment, sequence, now, f"no channel: {why}", outcome)
-        kind, payload = call
-        session.add(OutboxItem(dedup_key=f"nurture:{send.id}", queue_key=f"customer:{customer.id}", kind=kind,
-                               payload=payload, customer_id=customer.id))
+        queue_call(session, f"nurture:{send.id}", call, customer.id)
         batch.recent[customer.id] = (count + 1, min(oldest, now))
         if via == "groupmsg":
             batch.group_messages[customer.id] = batch.group_messages.get(customer.id, 0) + 1
@@ -253,11 +250,11 @@ class NurtureDispatcher:
             "customer.stage": customer.stage, "customer.stage_label": self.lifecycle.label(customer.stage)})
 
     def _channel(self, customer: Customer, text: str, batch: Batch, now: datetime
-                 ) -> tuple[tuple[str, dict[str, Any]] | None, str, str]:
+                 ) -> tuple[OutboundCall | None, str, str]:
         """The call that may deliver now: a kf or OA message in the 48-hour window, else a rep's group message."""
         call, why = notify_call(customer.reach or {}, text, self.agent_id, now=now.timestamp())
         if call is not None:
-            return (call.kind, call.payload), str((customer.reach or {}).get("channel", "")), ""
+            return call, str((customer.reach or {}).get("channel", "")), ""
         external = batch.wecom_ids.get(customer.id)
         if not customer.owner_userid or external is None:
             return None, "", why
@@ -265,7 +262,7 @@ class NurtureDispatcher:
             return None, "", f"{why}; WeCom's {self.settings.group_messages_per_month} group messages this month used"
         payload = {"chat_type": "single", "external_userid": [external], "sender": customer.owner_userid,
                    "text": {"content": text}}
-        return (GROUP_MESSAGE, payload), "groupmsg", ""
+        return OutboundCall(GROUP_MESSAGE, payload), "groupmsg", ""
 
     # ------------------------------------------------------------ loading
 

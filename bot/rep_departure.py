@@ -18,7 +18,7 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import write_side_effect
+from bot.delivery import OutboundCall, queue_call, write_side_effect
 from bot.runtime import build_apis
 from bot.settings import Settings
 from bot.wechat_api import WeChatApi
@@ -28,7 +28,7 @@ from crm_store.db import create_engine, session_factory
 from crm_store.handoff_models import Rep
 from crm_store.handoffs import handoffs_of_rep
 from crm_store.lifecycle import Lifecycle
-from crm_store.models import Customer, Identity, OutboxItem, utcnow
+from crm_store.models import Customer, Identity, utcnow
 from crm_store.reps import LOADED, mark_left
 from flows.handoff_desk import HandoffDesk
 
@@ -129,8 +129,8 @@ async def _move(session: AsyncSession, desk: HandoffDesk, userid: str, takeover:
         for start in range(0, len(ids), TRANSFER_BATCH):
             chunk = ids[start:start + TRANSFER_BATCH]
             payload: dict[str, Any] = {"handover_userid": userid, "takeover_userid": heir, "external_userid": chunk}
-            session.add(OutboxItem(dedup_key=f"depart:{userid}:{heir}:{start}", queue_key=f"rep:{userid}",
-                                   kind=TRANSFER_KIND, payload=payload))
+            queue_call(session, f"depart:{userid}:{heir}:{start}", OutboundCall(TRANSFER_KIND, payload),
+                       queue_key=f"rep:{userid}")
             transferred += len(chunk)
     await session.flush()
     return Departure(userid, dict(takeovers), moved, queued, transferred, len(unassigned))
