@@ -19,7 +19,7 @@ class LifecycleStage:
         self.engine = engine
 
     async def __call__(self, turn: Turn, next: Next) -> None:
-        if turn.conversation is None and turn.event.kind != "stage_changed":
+        if turn.conversation is None:  # the waker's turn names its conversation already
             turn.conversation = await active_conversation(turn.session, turn.customer.id)
         if turn.event.kind in LEAVING:
             await self._left(turn)
