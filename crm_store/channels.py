@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, case, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from crm_store.dialect_insert import dialect_insert
 from crm_store.growth_models import ChannelRepDay, EntryChannel
 from crm_store.models import Customer
 
@@ -131,12 +130,6 @@ def brand_day(timezone: str, now: datetime | None = None) -> str:
     return moment.astimezone(ZoneInfo(timezone)).date().isoformat()
 
 
-def _insert(session: AsyncSession, model: type[Any]) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (the generic one does not)."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
-
-
 async def record_arrival(
     session: AsyncSession, channel: EntryChannel, customer: Customer, rep_userid: str, day: str
 ) -> bool:
@@ -159,7 +152,7 @@ async def record_arrival(
         else:  # another arrival won meanwhile: show its channel, not None
             await session.refresh(customer, ["entry_channel_id"])
     if rep_userid:
-        statement = _insert(session, ChannelRepDay).values(channel_id=channel.id, userid=rep_userid, day=day, adds=1)
+        statement = dialect_insert(session, ChannelRepDay).values(channel_id=channel.id, userid=rep_userid, day=day, adds=1)
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=["channel_id", "userid", "day"], set_={"adds": ChannelRepDay.adds + 1}

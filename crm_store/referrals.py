@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.codes import INVITE_LENGTH, new_code
+from crm_store.dialect_insert import dialect_insert
 from crm_store.growth_models import InviteCode, Referral
 from crm_store.models import Customer, as_utc, utcnow
 
@@ -82,9 +82,8 @@ async def attribute(
         return Attribution(None, "existing")
     if friend.id in await ancestors(session, inviter_id, depth=50):
         return Attribution(None, "loop")
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     inserted = await session.scalar(
-        dialect.insert(Referral)
+        dialect_insert(session, Referral)
         .values(friend_id=friend.id, inviter_id=inviter_id, via=via[:32], channel=channel, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["friend_id"])
         .returning(Referral.friend_id)

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customers import record
+from crm_store.dialect_insert import dialect_insert
 from crm_store.growth_models import ReferralMilestone, RewardEntry, SocialStats
 from crm_store.growth_settings import RewardRule
 from crm_store.models import utcnow
@@ -43,14 +43,13 @@ async def qualify(
     inviter_id = await inviter_of(session, friend_id)
     if inviter_id is None:
         return []
-    dialect = _dialect(session)
     await session.execute(  # the row the inviter's milestones are counted under
-        dialect.insert(SocialStats).values(customer_id=inviter_id, updated_at=utcnow())
+        dialect_insert(session, SocialStats).values(customer_id=inviter_id, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["customer_id"])
     )
     await session.execute(select(SocialStats.customer_id).where(SocialStats.customer_id == inviter_id).with_for_update())
     new = await session.scalar(
-        dialect.insert(ReferralMilestone)
+        dialect_insert(session, ReferralMilestone)
         .values(friend_id=friend_id, milestone=milestone, inviter_id=inviter_id, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["friend_id", "milestone"])
         .returning(ReferralMilestone.friend_id)
@@ -125,7 +124,7 @@ async def _milestones(session: AsyncSession, inviter_id: int, milestone: str) ->
 
 async def _grant(session: AsyncSession, rule: RewardRule, receiver: int, friend_id: int, key: str) -> int | None:
     entry_id = await session.scalar(
-        _dialect(session).insert(RewardEntry)
+        dialect_insert(session, RewardEntry)
         .values(kind="grant", rule_id=rule.id, customer_id=receiver, friend_id=friend_id, reward=rule.reward,
                 grant_key=key, reason=rule.when, created_at=utcnow())
         .on_conflict_do_nothing(index_elements=["grant_key"])
@@ -133,6 +132,3 @@ async def _grant(session: AsyncSession, rule: RewardRule, receiver: int, friend_
     )
     return None if entry_id is None else int(entry_id)
 
-
-def _dialect(session: AsyncSession):  # type: ignore[no-untyped-def]
-    return postgresql if session.get_bind().dialect.name == "postgresql" else sqlite

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Literal
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
+from crm_store.dialect_insert import dialect_insert
 from crm_store.growth_models import SocialStats
 from crm_store.growth_settings import SocialWeights
 from crm_store.models import utcnow
@@ -34,8 +34,7 @@ async def bump(session: AsyncSession, customer_ids: list[int], counter: Counter,
     """Add one to `counter` for each customer (created on first use) and update their scores."""
     for customer_id in customer_ids:
         values = {name: 1 if name == counter else 0 for name in COUNTERS}
-        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(SocialStats).values(
+        insert = dialect_insert(session, SocialStats).values(
             customer_id=customer_id, score=getattr(weights, counter), updated_at=utcnow(), **values
         )
         table = SocialStats.__table__.c

@@ -12,22 +12,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import and_, delete, exists, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customers import record
+from crm_store.dialect_insert import dialect_insert
 from crm_store.models import Customer, CustomerTag, Identity, OutboxItem, Tag, utcnow
 
 MARK_TAG = "contacts.mark_tag"
-
-
-def _insert(session: AsyncSession, model: type[Any]) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT (the generic one does not)."""
-    dialect = session.get_bind().dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
 
 
 def _clean(names: Iterable[str]) -> list[str]:
@@ -52,7 +45,7 @@ async def sync_catalog(session: AsyncSession, groups: dict[str, tuple[str, ...]]
     group_of = {name: group for group, names in groups.items() for name in _clean(names)}  # names are unique
     rows = [{"name": name, "group_name": group_of[name]} for name in sorted(group_of)]
     if rows:
-        statement = _insert(session, Tag).values(rows)
+        statement = dialect_insert(session, Tag).values(rows)
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=["name"], set_={"group_name": statement.excluded.group_name}
@@ -70,7 +63,7 @@ async def _tag_ids(session: AsyncSession, names: list[str], create: bool) -> dic
     """name -> tag id; with `create`, unknown names become tags without a group (admin tags)."""
     if create and names:
         await session.execute(
-            _insert(session, Tag)
+            dialect_insert(session, Tag)
             .values([{"name": name, "group_name": ""} for name in sorted(names)])
             .on_conflict_do_nothing(index_elements=["name"])
         )
@@ -90,7 +83,7 @@ async def add_tags(session: AsyncSession, customer: Customer, names: Iterable[st
         for tag_id in sorted(ids.values())  # one lock order for every writer: no deadlock
     ]
     inserted = await session.execute(
-        _insert(session, CustomerTag)
+        dialect_insert(session, CustomerTag)
         .values(values)
         .on_conflict_do_nothing(index_elements=["customer_id", "tag_id"])
         .returning(CustomerTag.tag_id)

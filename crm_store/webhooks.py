@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, delete, select, text, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.dialect_insert import dialect_insert
 from crm_store.models import OutboxItem, TimelineEvent, as_utc, utcnow
 from crm_store.webhook_models import WebhookCursor, WebhookDelivery, WebhookEndpoint
 from crm_store.work_queue import insert_ignoring_duplicates
@@ -155,11 +155,10 @@ async def remove_endpoint(session: AsyncSession, endpoint_id: int) -> WebhookEnd
 
 async def _cursor(session: AsyncSession, name: str) -> WebhookCursor:
     """The feed's cursor, locked; a new one starts after the newest timeline event."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     newest = (await session.execute(select(TimelineEvent.xact, TimelineEvent.id)
                                     .order_by(TimelineEvent.xact.desc(), TimelineEvent.id.desc()).limit(1))).first()
     xact, event_id = newest if newest is not None else (0, 0)
-    await session.execute(dialect.insert(WebhookCursor)
+    await session.execute(dialect_insert(session, WebhookCursor)
                           .values(name=name, last_xact=xact, last_event_id=event_id, updated_at=utcnow())
                           .on_conflict_do_nothing(index_elements=["name"]))
     cursor = await session.scalar(select(WebhookCursor).where(WebhookCursor.name == name)
