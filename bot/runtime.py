@@ -88,7 +88,8 @@ class Runtime:
         if pipeline is None:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
-            domain = assemble(settings.flows, settings.lifecycle, settings.growth, settings.handoff, settings.nurture)
+            domain = assemble(settings.flows, settings.lifecycle, settings.growth, settings.handoff, settings.nurture,
+                              nlu)
             rep_commands = RepCommands(domain.desk)
             agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
             handoff_jobs = HandoffJobs(sessions, domain.desk, interval_s, agent_id)
@@ -100,7 +101,6 @@ class Runtime:
         worker = InboxWorker(
             sessions,
             pipeline,
-            nlu,
             ProfileLookup(apis),
             puller,
             worker_settings.max_attempts,

@@ -1,10 +1,11 @@
 """The inbox worker: one turn per stored event.
 
-identity (find or create the customer, profile looked up once) → intent (NLU, outside
-any transaction) → the turn's pipeline (flows/assembly.py) → one transaction with the
-customer's state, timeline, outbox rows and the inbox item marked done. A crash anywhere
-before that commit leaves the item to be claimed again; after it, the item is done:
-processed exactly once.
+identity (a known customer is read with the facts the turn asks about them, in one
+statement; a new one is created, its profile looked up once) → the turn's pipeline
+(flows/assembly.py; its intent stage asks the NLU only when the answer matters) → one
+transaction with the customer's state, the timeline (held and written in one statement),
+outbox rows and the inbox item marked done. A crash anywhere before that commit leaves
+the item to be claimed again; after it, the item is done: processed exactly once.
 """
 
 from __future__ import annotations
@@ -22,22 +23,28 @@ from bot.profiles import ProfileLookup
 from core import metrics
 from core.events import Effect, InboundEvent
 from crm_store import work_queue
-from crm_store.customers import find_identity, live_customer, record, resolve_customer
-from crm_store.models import InboxItem
+from crm_store.customer_facts import CustomerFacts, known_customer
+from crm_store.customers import (
+    Profile,
+    find_identity,
+    hold_timeline,
+    live_customer,
+    record,
+    resolve_customer,
+    touch,
+    write_timeline,
+)
+from crm_store.models import Customer, InboxItem, utcnow
 from crm_store.work_queue import ClaimLost
 from flows.turn import Turn
 
 if TYPE_CHECKING:
     from bot.rep_commands import RepCommands
-    from nlu.client import Intent
+    from nlu.intent import Intent
 
 log = logging.getLogger("scrm.worker")
 
 KNOWN_IDENTITIES_REMEMBERED = 100_000
-
-
-class IntentParser(Protocol):
-    async def parse(self, text: str) -> Intent: ...
 
 
 class TurnPipeline(Protocol):
@@ -49,7 +56,6 @@ class InboxWorker:
         self,
         sessions: async_sessionmaker[AsyncSession],
         pipeline: TurnPipeline,
-        nlu: IntentParser,
         profiles: ProfileLookup,
         kf_puller: KfPuller,
         max_attempts: int,
@@ -59,7 +65,6 @@ class InboxWorker:
     ) -> None:
         self.sessions = sessions
         self.pipeline = pipeline
-        self.nlu = nlu
         self.profiles = profiles
         self.kf_puller = kf_puller
         self.max_attempts = max_attempts
@@ -92,19 +97,34 @@ class InboxWorker:
         external = event.channel == "api"  # another system's event: the customer is named by id
         known = external or await self._is_known(event)
         profile = None if known else await self.profiles.lookup(event)
-        intent = await self.nlu.parse(event.text) if _needs_intent(event) else None
         async with self.sessions() as session, session.begin():
-            customer = await live_customer(session, int(event.sender)) if external else \
-                await resolve_customer(session, event.identity_kind, event.sender, profile)
+            customer, facts = await self._customer(session, event, known, profile)
             remember_reach(customer, event)
-            await record(session, customer.id, f"inbound.{event.kind}", _summary(event, intent))
-            turn = Turn(session, event, customer, intent, is_new_customer=not known)
+            hold_timeline(session)
+            inbound = _summary(event)
+            await record(session, customer.id, f"inbound.{event.kind}", inbound)  # held: the first row of the turn
+            turn = Turn(session, event, customer, is_new_customer=not known, facts=facts)
             effects = await self.pipeline.run(turn)
+            inbound.update(_understood(turn.intent))
             wrote = await write_effects(session, item.dedup_key, event, customer, effects, self.app_agent_id)
+            await write_timeline(session)
             await work_queue.finish(session, item)
         self._remember(event)
         if wrote:
             self.on_outbox()
+
+    async def _customer(self, session: AsyncSession, event: InboundEvent, known: bool,
+                        profile: Profile | None) -> tuple[Customer, CustomerFacts | None]:
+        """The customer, with the facts the turn asks about them when they are known (one statement)."""
+        if event.channel == "api":
+            return await live_customer(session, int(event.sender)), None
+        if known:
+            found = await known_customer(session, event.identity_kind, event.sender, utcnow())
+            if found is not None:
+                customer, facts = found
+                touch(customer)
+                return customer, facts
+        return await resolve_customer(session, event.identity_kind, event.sender, profile), None
 
     async def _is_known(self, event: InboundEvent) -> bool:
         """Has this identity been seen? Asked of memory first: most messages come from known customers."""
@@ -146,12 +166,7 @@ class InboxWorker:
                 await work_queue.retry_later(session, item, delay, reason)
 
 
-def _needs_intent(event: InboundEvent) -> bool:
-    """Menu clicks already say what the customer wants: skip NLU for them."""
-    return event.kind == "message" and bool(event.text.strip()) and not event.menu_id
-
-
-def _summary(event: InboundEvent, intent: Intent | None) -> dict[str, object]:
+def _summary(event: InboundEvent) -> dict[str, object]:
     summary: dict[str, object] = {"channel": event.channel}
     if event.text:
         summary["text"] = event.text[:500]
@@ -160,8 +175,11 @@ def _summary(event: InboundEvent, intent: Intent | None) -> dict[str, object]:
             summary[field] = getattr(event, field)
     if event.kind == "external":
         summary["name"], summary["data"] = event.extra.get("name", ""), event.extra.get("data", {})
-    if intent is not None:
-        summary["intent"] = intent.name
-        summary["confidence"] = round(intent.confidence, 3)
-        summary["intent_source"] = intent.source
     return summary
+
+
+def _understood(intent: Intent | None) -> dict[str, object]:
+    """What the NLU made of the message, if it was asked (the intent stage decides)."""
+    if intent is None:
+        return {}
+    return {"intent": intent.name, "confidence": round(intent.confidence, 3), "intent_source": intent.source}

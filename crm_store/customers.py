@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,10 +59,15 @@ async def resolve_customer(
         customer = await _follow_merges(session, owner)
         if profile.unionid and customer.unionid != profile.unionid:
             customer = await _attach_unionid(session, customer, profile.unionid)
+    touch(customer)
+    return customer
+
+
+def touch(customer: Customer) -> None:
+    """The customer was seen now: written at most once every SEEN_EVERY."""
     now = utcnow()
     if customer.last_seen_at is None or as_utc(customer.last_seen_at) <= now - SEEN_EVERY:
         customer.last_seen_at = now
-    return customer
 
 
 async def _customer_for_new_identity(
@@ -151,6 +156,9 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
         keep.entry_channel_id = absorb.entry_channel_id
     if not keep.display_name:
         keep.display_name = absorb.display_name
+    for held in session.info.get(HELD_TIMELINE) or []:
+        if held.customer_id == absorb.id:
+            held.customer_id = keep.id
     await record(session, keep.id, "customer.merged", {"absorbed_customer_id": absorb.id})
 
 
@@ -169,8 +177,48 @@ def _duplicate_key(model: type[CustomerTag] | type[IntentCount]) -> Any:
 
 
 async def record(session: AsyncSession, customer_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
-    """Add an event to the customer's timeline (in the caller's transaction)."""
-    session.add(TimelineEvent(customer_id=customer_id, kind=kind, data=data or {}))
+    """Add an event to the customer's timeline (in the caller's transaction). In a turn (`hold_timeline`)
+    the row waits with the turn's others, to be written with them by `write_timeline`."""
+    held = session.info.get(HELD_TIMELINE)
+    if held is not None:
+        held.append(HeldEvent(customer_id, kind, data if data is not None else {}))
+    else:
+        session.add(TimelineEvent(customer_id=customer_id, kind=kind, data=data or {}))
+
+
+# A turn records several timeline rows (the message, tags, a stage, notes, replies): held in the session
+# and written in one INSERT at its end, in the order recorded, instead of one flush each.
+HELD_TIMELINE = "scrm.held_timeline"
+
+
+@dataclass
+class HeldEvent:
+    customer_id: int
+    kind: str
+    data: dict[str, Any]
+
+
+def hold_timeline(session: AsyncSession) -> None:
+    """From now until `write_timeline`, `record` holds rows instead of adding them to the session."""
+    session.info[HELD_TIMELINE] = []
+
+
+async def write_timeline(session: AsyncSession) -> None:
+    """Write the held rows, in the order recorded, in one statement; `record` adds to the session again."""
+    held: list[HeldEvent] = session.info.pop(HELD_TIMELINE, None) or []
+    if held:
+        now = utcnow()
+        await session.execute(insert(TimelineEvent), [
+            {"customer_id": event.customer_id, "kind": event.kind, "data": event.data, "created_at": now}
+            for event in held
+        ])
+
+
+def held_events(session: AsyncSession, customer_id: int, kinds: tuple[str, ...]) -> list[HeldEvent]:
+    """The customer's rows of these kinds held in this turn, newest first: readers of the timeline see
+    what the turn recorded so far as well as what is written."""
+    held: list[HeldEvent] = session.info.get(HELD_TIMELINE) or []
+    return [event for event in reversed(held) if event.customer_id == customer_id and event.kind in kinds]
 
 
 async def timeline(session: AsyncSession, customer_id: int, limit: int = 50) -> list[TimelineEvent]:

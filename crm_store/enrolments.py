@@ -21,6 +21,8 @@ from core.sequences import NurtureSequence, SeqStep
 from crm_store.models import utcnow
 from crm_store.nurture_models import ENROLLED, Enrolment, NurtureSend, SequenceState, SequenceVersion
 
+REPLY_WINDOW = timedelta(days=3)  # a message within this long after a send counts as a reply to it
+
 
 class EnrolError(ValueError):
     """An enrolment that cannot be made, said plainly."""
@@ -159,8 +161,8 @@ async def running_enrolments(session: AsyncSession, customer_id: int) -> list[En
         Enrolment.customer_id == customer_id, Enrolment.status.in_(ENROLLED))))
 
 
-async def mark_replied(session: AsyncSession, customer_id: int, now: datetime, within: timedelta) -> None:
-    """The customer wrote: their recent sends count as replied (once)."""
+async def mark_replied(session: AsyncSession, customer_id: int, now: datetime) -> None:
+    """The customer wrote: their sends of the last REPLY_WINDOW count as replied (once)."""
     await session.execute(update(NurtureSend).where(
         NurtureSend.customer_id == customer_id, NurtureSend.status == "sent", NurtureSend.replied_at.is_(None),
-        NurtureSend.sent_at >= now - within).values(replied_at=now).execution_options(synchronize_session=False))
+        NurtureSend.sent_at >= now - REPLY_WINDOW).values(replied_at=now).execution_options(synchronize_session=False))

@@ -18,6 +18,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.customers import held_events
 from crm_store.handoff_models import OPEN_STATUSES, Handoff, Rep, Team, TeamMember
 from crm_store.handoff_settings import HandoffSettings
 from crm_store.models import Customer, TimelineEvent
@@ -184,28 +185,33 @@ async def handoffs_of_rep(session: AsyncSession, userid: str, statuses: Sequence
 
 async def last_customer_texts(session: AsyncSession, customer_id: int, limit: int) -> list[str]:
     """The customer's last messages, oldest first: what the rep reads before answering."""
-    rows = await session.scalars(
-        select(TimelineEvent.data)
-        .where(TimelineEvent.customer_id == customer_id, TimelineEvent.kind == "inbound.message")
-        .order_by(TimelineEvent.id.desc())
-        .limit(limit)
-    )
-    return [str(data.get("text", "")) for data in reversed(list(rows)) if data.get("text")]
+    newest = [event.data for event in held_events(session, customer_id, ("inbound.message",))][:limit]
+    if len(newest) < limit:
+        newest += await session.scalars(
+            select(TimelineEvent.data)
+            .where(TimelineEvent.customer_id == customer_id, TimelineEvent.kind == "inbound.message")
+            .order_by(TimelineEvent.id.desc())
+            .limit(limit - len(newest))
+        )
+    return [str(data.get("text", "")) for data in reversed(newest) if data.get("text")]
 
 
 async def previous_not_understood(session: AsyncSession, customer_id: int) -> bool:
     """Did the customer's previous message also go not understood (with no handoff since)?
 
-    The current message is already on the timeline; the previous turn's notes follow its message.
+    The current message is already on the timeline (or held by the turn); the previous turn's notes follow
+    its message.
     """
     kinds = ("inbound.message", "nlu.not_understood", "handoff.closed")
-    rows = list(await session.scalars(
-        select(TimelineEvent.kind)
-        .where(TimelineEvent.customer_id == customer_id, TimelineEvent.kind.in_(kinds))
-        .order_by(TimelineEvent.id.desc())
-        .limit(2)
-    ))
-    return len(rows) == 2 and rows[0] == "inbound.message" and rows[1] == "nlu.not_understood"
+    newest = [event.kind for event in held_events(session, customer_id, kinds)][:2]
+    if len(newest) < 2:
+        newest += await session.scalars(
+            select(TimelineEvent.kind)
+            .where(TimelineEvent.customer_id == customer_id, TimelineEvent.kind.in_(kinds))
+            .order_by(TimelineEvent.id.desc())
+            .limit(2 - len(newest))
+        )
+    return newest == ["inbound.message", "nlu.not_understood"]
 
 
 async def handed_off_since(session: AsyncSession, customer_id: int, reason: str, since: datetime) -> bool:

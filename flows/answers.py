@@ -18,6 +18,8 @@ _PHONE = re.compile(r"^(?:\+?86)?(1[3-9]\d{9})$")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[a-z]{2,24}$", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d{1,12}(?:\.\d{1,6})?")
 _CHINESE_DIGITS = {"零": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_CHINESE_NUMERALS = set(_CHINESE_DIGITS) | {"十"}
+UNITS = "个件份位号 "  # "3个", "两份": a number with its measure word
 INTENT_ANSWER_MIN_CONFIDENCE = 0.5
 
 
@@ -52,13 +54,24 @@ def answer_to(step: Ask, text: str, menu_id: str, intent: str, confidence: float
     return Answer(text[:500])
 
 
+def is_typed_answer(step: Ask, text: str, menu_id: str) -> bool:
+    """Is the whole message a value of the step's type: a choice (its button, number or label), a phone
+    number, a number or an email? Then no intent could make it mean anything else: it needs no parse."""
+    if step.expect in ("text", "intent"):
+        return False
+    if step.expect == "number":
+        bare = normalise(text).replace(",", "").strip(UNITS)
+        return bool(_NUMBER.fullmatch(bare)) or (bool(bare) and len(bare) <= 3 and set(bare) <= _CHINESE_NUMERALS)
+    return answer_to(step, text, menu_id, "", 0.0) is not None
+
+
 def parse_number(text: str) -> str | None:
     """"12", "１２", "12.5", "三", "十二", "二十" → the number as text; None when none is there."""
     match = _NUMBER.search(text.replace(",", ""))
     if match:
         return match.group(0)
-    digits = text.strip("个件份位号 ")
-    if digits and all(ch in _CHINESE_DIGITS or ch == "十" for ch in digits) and len(digits) <= 3:
+    digits = text.strip(UNITS)
+    if digits and set(digits) <= _CHINESE_NUMERALS and len(digits) <= 3:
         return str(_chinese_number(digits))
     return None
 

@@ -11,6 +11,8 @@ The order of a turn's stages, written once:
     lifecycle       leaving (the turn ends) / arriving: owner, return from churn; the running flow loaded
     growth_arrival  a channel, invite or group code on arrival: attribution, welcome flow, enrolments
     nurture_reply   a message answers the last sequence step
+    intent          what the message means: Rasa only when the answer matters (not for a typed answer
+                    to the waiting step, nor while a person has the customer)
     tag_rules       intent counts: "asked the price 3 times → 高意向"
     flow_runner     resume, interrupt, start or fall back; a timer wakes its conversation
     signals         tags and stages the turn changed: sequences, referrals, rewards, flows they start
@@ -41,6 +43,7 @@ from flows.stages.growth_arrival import GrowthArrival
 from flows.stages.handoff_after import HandoffAfter
 from flows.stages.handoff_gate import HandoffGate
 from flows.stages.identity import IdentityStage
+from flows.stages.intent import IntentParser, IntentStage
 from flows.stages.lifecycle import LifecycleStage
 from flows.stages.nurture_reply import NurtureReply
 from flows.stages.release import ReleaseStage
@@ -66,6 +69,7 @@ def assemble(
     growth_settings: GrowthSettings,
     handoff: HandoffSettings,
     nurture_settings: NurtureSettings,
+    nlu: IntentParser,
 ) -> Domain:
     lifecycle = Lifecycle(lifecycle_settings)
     growth = Growth(growth_settings, lifecycle)
@@ -74,13 +78,15 @@ def assemble(
     desk = HandoffDesk(handoff, lifecycle)
     engine = FlowEngine(flows, ReleaseCache(lifecycle_settings), Runner(hooks, flows.max_steps_per_turn, lifecycle))
     signals = SignalFollower(engine, growth, nurture)
+    intent = IntentStage(nlu, engine)
     pipeline = Pipeline([
         IdentityStage(lifecycle),
-        ReleaseStage(engine.releases),
+        ReleaseStage(engine.releases, intent.understand),
         HandoffGate(desk),
         LifecycleStage(lifecycle, engine),
         GrowthArrival(growth, nurture),
         NurtureReply(nurture),
+        intent,
         TagRules(lifecycle),
         FlowRunner(engine),
         signals,

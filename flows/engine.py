@@ -18,8 +18,9 @@ import logging
 from core import metrics
 from crm_store.conversations import end_conversation
 from crm_store.models import Conversation, as_utc, utcnow
+from flows.answers import is_typed_answer
 from flows.matching import CERTAIN, Match, match_event, match_message
-from flows.model import Flow, FlowSet
+from flows.model import Ask, Flow, FlowSet, Say
 from flows.releases import ReleaseCache
 from flows.runner import Position, Runner, Stop, own_timer
 from flows.settings import FlowSettings
@@ -83,6 +84,21 @@ class FlowEngine:
         turn.session.add(conversation)
         turn.conversation = conversation
         await self._save(turn, conversation, pos, stop)
+
+    async def waits_for_typed_answer(self, turn: Turn) -> bool:
+        """Does the running conversation wait for a typed answer (a choice, a phone number, a number, an
+        email) and is this whole message one? Then it resumes the flow whatever an NLU would say of it."""
+        conversation = turn.conversation
+        if conversation is None or conversation.status != "active" or not turn.is_message:
+            return False
+        flows = await self.releases.get(turn.session, conversation.release_id)
+        running = flows.flows[conversation.flow_id]
+        if self._expired(conversation, running):
+            return False
+        step = running.step(conversation.step_id)
+        if isinstance(step, Say):  # a menu with destinations waits for a choice
+            step = Ask(id=step.id, expect="choice", choices=step.menu)
+        return isinstance(step, Ask) and is_typed_answer(step, turn.event.text, turn.event.menu_id)
 
     async def wake(self, turn: Turn, conversation: Conversation) -> None:
         """A waiting conversation's timer fired (the waker's turn)."""

@@ -49,7 +49,8 @@ class HandoffDesk:
     async def holds(self, turn: Turn) -> bool:
         """True when a person has the customer (or the event is the rep's): the bot says nothing."""
         event, session, customer = turn.event, turn.session, turn.customer
-        handoff = await handoffs.open_handoff_of(session, customer.id)
+        none_open = turn.facts is not None and not turn.facts.open_handoff
+        handoff = None if none_open else await handoffs.open_handoff_of(session, customer.id)
         now = utcnow()
         if event.kind == "rep_message":
             servicer = str(event.extra.get("servicer", ""))

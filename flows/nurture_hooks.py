@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -30,8 +29,6 @@ from flows.hooks import ActionResult, Hooks
 from flows.turn import Turn
 
 log = logging.getLogger("scrm.nurture")
-
-REPLY_WINDOW = timedelta(days=3)  # a message within this long after a send counts as a reply to it
 
 
 class NurtureHooks:
@@ -79,8 +76,13 @@ class NurtureHooks:
             await self._enrol_on(turn, "contact_added", turn.event.scene)
 
     async def replied(self, turn: Turn) -> None:
-        now = utcnow()
-        await mark_replied(turn.session, turn.customer.id, now, REPLY_WINDOW)
+        """The customer wrote: recent sends count as replied; sequences that end on a reply end. What the
+        turn's facts say is not there (no recent send, no running sequence) is not asked again."""
+        now, facts = utcnow(), turn.facts
+        if facts is None or facts.unreplied_sends:
+            await mark_replied(turn.session, turn.customer.id, now)
+        if facts is not None and not facts.running_enrolments:
+            return
         for enrolment in await running_enrolments(turn.session, turn.customer.id):
             sequence = await self.catalog.get(turn.session, enrolment.sequence, enrolment.version)
             if sequence.exits_on("replied"):

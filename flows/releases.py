@@ -142,12 +142,6 @@ class ReleaseCache:
         self._parsed: OrderedDict[int, FlowSet] = OrderedDict()
         self._versions: dict[int, dict[str, int]] = {}
 
-    async def current(self, session: AsyncSession) -> tuple[int, FlowSet] | None:
-        release_id = await current_release_id(session)
-        if release_id is None:
-            return None
-        return release_id, await self.get(session, release_id)
-
     async def get(self, session: AsyncSession, release_id: int) -> FlowSet:
         flows = self._parsed.get(release_id)
         if flows is None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from core.events import Effect, InboundEvent, MenuItem, Note, Reply
+from crm_store.customer_facts import CustomerFacts
 from crm_store.models import Conversation, Customer
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class Turn:
     customer: Customer
     intent: Intent | None = None
     is_new_customer: bool = False
+    facts: CustomerFacts | None = None  # read with the customer as the turn began; None: stages ask the store
     release: Release | None = None  # set by the release stage; None: nothing is published
     conversation: Conversation | None = None  # the customer's running flow, loaded (and locked) once
     requested_flow: str = ""  # an entry channel's welcome flow, asked for on arrival

@@ -9,6 +9,12 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 REQUESTS = Counter("scrm_nlu_requests", "Parses answered, by source (rasa, cache, rules)", ["source"])
+NOT_NEEDED = Counter(
+    "scrm_nlu_not_needed",
+    "Messages understood without a parse, by why (typed_answer: a choice, a phone number, a number or an email "
+    "that the waiting step takes)",
+    ["reason"],
+)
 FALLBACKS = Counter(
     "scrm_nlu_fallbacks",
     "Parses answered by rules because Rasa could not answer, by reason "

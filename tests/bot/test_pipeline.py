@@ -15,7 +15,7 @@ from tests.bot.test_api import call, customer, key_for
 from tests.bot.test_message_path import count
 
 DOCUMENTED_ORDER = (
-    "identity", "release", "handoff_gate", "lifecycle", "growth_arrival", "nurture_reply", "tag_rules",
+    "identity", "release", "handoff_gate", "lifecycle", "growth_arrival", "nurture_reply", "intent", "tag_rules",
     "flow_runner", "signals", "handoff_after",
 )
 
