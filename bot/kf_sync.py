@@ -8,6 +8,11 @@ account never overlap, because the notifications share one queue key.
 A burst of notifications needs one pull, not one each: a pull that reached the end
 also settles every notification stored before its last request began (WeChat notifies
 only after the message can be fetched), with a margin for clocks of other instances.
+
+The messages a page stores pass the inbox once: in the page's transaction, those at the
+head of their customer's queue are claimed by this worker (as many as it has room for)
+and handed to it straight away, instead of being claimed again in a transaction of
+their own. The rest wait in the inbox and are claimed as usual.
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ CLOCK_MARGIN = timedelta(seconds=1)
 
 
 class KfPuller:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi, claim_ttl_s: float = 60.0) -> None:
         self.sessions = sessions
         self.api = api
+        self.claim_ttl_s = claim_ttl_s
         self.on_new_events: Callable[[], None] = lambda: None
+        self.room: Callable[[], int] = lambda: 0  # how many pulled messages this worker may take on now
+        self.on_claimed: Callable[[list[InboxItem]], None] = lambda items: None
 
     async def pull(self, item: InboxItem, notification: InboundEvent) -> None:
         open_kfid = notification.account
@@ -52,17 +60,22 @@ class KfPuller:
             cursor = str(page.get("next_cursor") or cursor)
             more = bool(page.get("has_more"))
             async with self.sessions() as session, session.begin():
-                new = len(await store_events(session, events))
+                new_keys = await store_events(session, events)
+                claimed = await work_queue.claim_stored(session, InboxItem, new_keys, self.room(), self.claim_ttl_s)
                 await save_kf_cursor(session, open_kfid, cursor)
                 if not more:
                     await work_queue.finish(session, item)
                     await work_queue.finish_covered(
                         session, item, requested_at - CLOCK_MARGIN, f"covered by the pull of inbox item {item.id}"
                     )
+            new = len(new_keys)
             metrics.INBOX_STORED.labels("kf").inc(new)
             metrics.INBOX_DUPLICATES.labels("kf").inc(len(events) - new)
-            log.info("kf.pulled open_kfid=%s messages=%s new=%s has_more=%s", open_kfid, len(events), new, more)
-            if new:
+            log.info("kf.pulled open_kfid=%s messages=%s new=%s taken=%s has_more=%s", open_kfid, len(events), new,
+                     len(claimed), more)
+            if claimed:
+                self.on_claimed(claimed)
+            if new > len(claimed):
                 self.on_new_events()
             if not more:
                 return

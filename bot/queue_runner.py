@@ -66,16 +66,24 @@ class QueueRunner(Generic[Item]):
 
     async def claim_and_start(self) -> int:
         loop = asyncio.get_running_loop()
-        free = self.concurrency - len(self.in_flight)
-        if free <= 0 or self._stopping or loop.time() < self.paused_until:
+        free = self.room()
+        if free <= 0 or loop.time() < self.paused_until:
             return 0
         async with self.sessions() as session:
             items = await work_queue.claim(session, self.model, free, self.claim_ttl_s)
+        self.start(items)
+        return len(items)
+
+    def room(self, ending: int = 0) -> int:
+        """How many more items this runner may take on now (`ending`: the caller's own, about to end)."""
+        return 0 if self._stopping else max(self.concurrency - len(self.in_flight) + ending, 0)
+
+    def start(self, items: list[Item]) -> None:
+        """Handle items claimed for this runner (by its own claim, or by whoever stored them)."""
         for item in items:
             task = asyncio.create_task(self._run_one(item), name=f"{self.name}-{item.id}")
             self.in_flight.add(task)
             task.add_done_callback(self._done)
-        return len(items)
 
     def pause(self, seconds: float) -> None:
         """Stop claiming for a while (the API asked us to slow down)."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_store.models import KfCursor
+from crm_store.dialect_insert import dialect_insert
+from crm_store.models import KfCursor, utcnow
 
 
 async def kf_cursor(session: AsyncSession, open_kfid: str) -> str:
@@ -13,8 +14,10 @@ async def kf_cursor(session: AsyncSession, open_kfid: str) -> str:
 
 
 async def save_kf_cursor(session: AsyncSession, open_kfid: str, cursor: str) -> None:
-    row = await session.get(KfCursor, open_kfid)
-    if row is None:
-        session.add(KfCursor(open_kfid=open_kfid, cursor=cursor))
-    else:
-        row.cursor = cursor
+    """One statement, whether the account has a cursor yet or not."""
+    now = utcnow()
+    await session.execute(
+        dialect_insert(session, KfCursor)
+        .values(open_kfid=open_kfid, cursor=cursor, updated_at=now)
+        .on_conflict_do_update(index_elements=["open_kfid"], set_={"cursor": cursor, "updated_at": now})
+    )

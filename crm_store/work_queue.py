@@ -11,15 +11,16 @@ after another worker took the item over.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
+from crm_store.dialect_insert import dialect_insert
 from crm_store.models import InboxItem, OutboxItem, QueueItem, utcnow
 
 Item = TypeVar("Item", InboxItem, OutboxItem)
@@ -35,9 +36,8 @@ async def insert_ignoring_duplicates(
     """INSERT … ON CONFLICT (dedup_key) DO NOTHING for many rows; returns the dedup keys inserted."""
     if not rows:
         return set()
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     statement = (
-        dialect.insert(model).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(model.dedup_key)
+        dialect_insert(session, model).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(model.dedup_key)
     )
     result = await session.execute(statement, list(rows))
     return set(result.scalars().all())
@@ -108,6 +108,40 @@ async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_
     items = sorted(claimed.scalars().all(), key=lambda item: item.id)
     await session.commit()
     return items
+
+
+async def claim_stored(
+    session: AsyncSession, model: type[Item], dedup_keys: Collection[str], limit: int, claim_ttl_s: float
+) -> list[Item]:
+    """Claim, in the transaction that stored them, up to `limit` of the items with these keys that are their
+    queue's head, so the worker that stored them handles them without claiming them again.
+
+    They commit claimed, with the store: a crash before they are handled leaves claims that expire and are
+    taken over like any other. An item whose queue has an earlier unfinished one stays pending.
+    """
+    if not dedup_keys or limit <= 0:
+        return []
+    now, earlier = utcnow(), aliased(model)
+    heads = (
+        select(model.id)
+        .where(
+            model.dedup_key.in_(list(dedup_keys)),
+            model.status == "pending",
+            ~exists().where(earlier.queue_key == model.queue_key, earlier.id < model.id,
+                            earlier.status.in_(("pending", "claimed"))),
+        )
+        .order_by(model.id)
+        .limit(limit)
+    )
+    claimed = await session.execute(
+        update(model)
+        .where(model.id.in_(heads))
+        .values(status="claimed", claim_token=uuid.uuid4().hex, claimed_until=now + timedelta(seconds=claim_ttl_s),
+                attempts=model.attempts + 1)
+        .returning(model)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(claimed.scalars().all(), key=lambda item: item.id)
 
 
 async def finish(session: AsyncSession, item: QueueItem, status: str = "done", error: str | None = None) -> None:

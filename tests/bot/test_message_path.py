@@ -206,3 +206,39 @@ async def test_a_burst_of_kf_notifications_needs_one_pull(bot: Bot) -> None:
     assert bot.fake.calls.count("kf/sync_msg") == 1
     assert all(len(bot.replies_to(f"wmBurst{index}")) == 1 for index in range(5))
     assert await count(bot, InboxItem, InboxItem.status != "done") == 0
+
+
+async def test_pulled_messages_are_handled_by_the_puller_without_a_second_claim(bot: Bot) -> None:
+    """A pulled message that heads its customer's queue is claimed in the page's transaction and handled at
+    once; a second message of the same customer waits its turn in the inbox."""
+    for text in ("你好", "谢谢"):
+        bot.fake.add_kf_text(SANDBOX_KF_ACCOUNT, "wmOnce", text)
+    bot.fake.add_kf_text(SANDBOX_KF_ACCOUNT, "wmOnceToo", "你好")
+    await bot.simulator.kf_says(bot.url, "wmOnceToo", "谢谢")
+    taken: list[str] = []
+    puller = bot.runtime.worker.kf_puller
+    hand_over = puller.on_claimed
+    puller.on_claimed = lambda items: (taken.extend(item.dedup_key for item in items), hand_over(items))  # type: ignore[func-returns-value]
+    await bot.drain()
+    assert len(taken) == 2  # the heads of wmOnce's and wmOnceToo's queues
+    assert [reply.text for reply in bot.replies_to("wmOnce")] == [GREETING, "不客气，随时为您服务～"]
+    assert [reply.text for reply in bot.replies_to("wmOnceToo")] == [GREETING, "不客气，随时为您服务～"]
+    async with bot.runtime.sessions() as session:
+        attempts = set((await session.scalars(select(InboxItem.attempts))).all())
+    assert attempts == {1}  # each item claimed once, by the puller or by the usual claim
+
+
+async def test_messages_claimed_by_a_puller_that_died_are_taken_over(bot: Bot) -> None:
+    puller = bot.runtime.worker.kf_puller
+    hand_over = puller.on_claimed
+    puller.on_claimed = lambda items: None  # the process dies right after the page's commit
+    await bot.simulator.kf_says(bot.url, "wmOrphan", "你好")
+    await bot.drain()
+    assert bot.replies_to("wmOrphan") == []
+    assert await count(bot, InboxItem, InboxItem.status == "claimed") == 1
+    puller.on_claimed = hand_over
+    async with bot.runtime.sessions() as session, session.begin():  # what the passing of claim_ttl_s does
+        await session.execute(update(InboxItem).where(InboxItem.status == "claimed").values(claimed_until=utcnow()))
+    await bot.drain()
+    assert [reply.text for reply in bot.replies_to("wmOrphan")] == [GREETING]
+    assert await count(bot, InboxItem, InboxItem.status != "done") == 0

@@ -14,8 +14,8 @@ from sqlalchemy import event
 from tests.bot.conftest import Bot
 
 # (statements, transactions) of the worker's part of one turn, per store.
-KF_BUDGET = {"sqlite": (36, 6), "postgres": (28, 6)}
-OA_BUDGET = {"sqlite": (23, 3), "postgres": (18, 3)}
+KF_BUDGET = {"sqlite": (24, 5), "postgres": (21, 6)}
+OA_BUDGET = {"sqlite": (16, 3), "postgres": (13, 3)}
 
 
 @dataclass
