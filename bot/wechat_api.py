@@ -3,6 +3,9 @@
 wechatpy's clients are synchronous (requests); sending from the event loop wants
 aiohttp. The access token is shared by every instance through `SharedState` and
 refreshed under a lock, so an expired token (40014/42001) causes one refresh, not a storm.
+Each instance also holds it in memory for up to TOKEN_HELD_S, so a call does not read the
+shared state first: a token another instance refreshed in the meantime is seen within that
+time, or at once when WeChat rejects the held one.
 
 The exception tree:
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ TOKEN_INVALID = {40001, 40014, 42001}
 RATE_LIMITED = 45009
 RETRYABLE = {-1, RATE_LIMITED, 45033}
 TOKEN_MARGIN_S = 300
+TOKEN_HELD_S = 60.0  # how long a process uses its copy of the shared token before reading it again
 
 
 class ApiError(Exception):
@@ -83,6 +88,7 @@ class WeChatApi:
         self.credential = credential
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.token_fetches = 0
+        self._held: tuple[str, float] = ("", 0.0)  # this process's copy of the token, and until when it holds
 
     @property
     def _token_key(self) -> str:
@@ -109,13 +115,16 @@ class WeChatApi:
 
     async def access_token(self, stale: str | None = None) -> str:
         """The shared token; with `stale`, a fresh one unless another instance already refreshed it."""
+        held, until = self._held
+        if held and held != stale and time.monotonic() < until:
+            return held
         cached = await self.state.get(self._token_key)
         if cached and cached != stale:
-            return cached
+            return self._hold(cached)
         async with self.state.lock(self._token_key, ttl_s=15, wait_s=15):
             cached = await self.state.get(self._token_key)
             if cached and cached != stale:
-                return cached
+                return self._hold(cached)
             data = await self._request(
                 "GET", self.credential.token_path, None, dict(self.credential.token_params)
             )
@@ -124,7 +133,11 @@ class WeChatApi:
             await self.state.set(self._token_key, token, ttl_s=ttl)
             self.token_fetches += 1
             log.info("api.token.refreshed name=%s ttl_s=%s", self.credential.name, ttl)
-            return token
+            return self._hold(token, min(TOKEN_HELD_S, ttl))
+
+    def _hold(self, token: str, seconds: float = TOKEN_HELD_S) -> str:
+        self._held = (token, time.monotonic() + seconds)
+        return token
 
     async def _request(
         self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str]
