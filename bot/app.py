@@ -92,11 +92,9 @@ def callback_endpoints(runtime: Runtime) -> dict[str, CallbackEndpoint]:
             oa.token.get_secret_value(), oa.encoding_aes_key.get_secret_value(), oa.app_id, oa.mode, tolerance
         ),
     }
-    writer = InboxWriter(runtime.sessions)
+    writer = InboxWriter(runtime.sessions, runtime.inbox)
     return {
-        path: CallbackEndpoint(
-            path.split("/")[-2], channel, writer, settings.server.max_body_bytes, runtime.inbox.wake
-        )
+        path: CallbackEndpoint(path.split("/")[-2], channel, writer, settings.server.max_body_bytes)
         for path, channel in channels.items()
     }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from aiohttp import web
@@ -41,13 +40,11 @@ class CallbackEndpoint:
         channel: CallbackChannel,
         inbox: InboxWriter,
         max_body_bytes: int,
-        on_stored: Callable[[], None],
     ) -> None:
         self.name = name
         self.channel = channel
         self.inbox = inbox
         self.max_body_bytes = max_body_bytes
-        self.on_stored = on_stored
         self._stored = metrics.INBOX_STORED.labels(name)
         self._duplicates = metrics.INBOX_DUPLICATES.labels(name)
         self._outcomes = {outcome: metrics.CALLBACKS.labels(name, outcome) for outcome in CALLBACK_OUTCOMES}
@@ -72,8 +69,6 @@ class CallbackEndpoint:
             new = await self.inbox.store(events)
             self._stored.inc(new)
             self._duplicates.inc(len(events) - new)
-            if new:
-                self.on_stored()
         self._outcomes["stored" if events else "ignored"].inc()
         self._seconds.observe(time.perf_counter() - started)
         return web.Response(text="success")

@@ -228,6 +228,11 @@ def queue_call(session: AsyncSession, dedup_key: str, call: OutboundCall, custom
                            payload=call.payload, customer_id=customer_id))
 
 
+def effect_key(origin_key: str, index: int) -> str:
+    """The outbox row key of the `index`-th row a turn (or a wake-up, a rep's command) wrote."""
+    return f"{origin_key}#{index}"
+
+
 async def write_effects(
     session: AsyncSession,
     origin_key: str,
@@ -247,10 +252,10 @@ async def write_effects(
             await record(session, customer.id, effect.kind, effect.data)
             continue
         if not isinstance(effect, Reply):
-            queued += await write_side_effect(session, f"{origin_key}#{queued}", effect, agent_id)
+            queued += await write_side_effect(session, effect_key(origin_key, queued), effect, agent_id)
             continue
         if event.channel == "api":  # nobody wrote: the answer goes where the customer last chatted
-            queued += await write_notification(session, f"{origin_key}#{queued}",
+            queued += await write_notification(session, effect_key(origin_key, queued),
                                                Notify(customer.id, effect.text, str(event.extra.get("name", ""))),
                                                agent_id)
             continue
@@ -258,7 +263,7 @@ async def write_effects(
         if call is None:
             await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
             continue
-        queue_call(session, f"{origin_key}#{queued}", call, customer.id)
+        queue_call(session, effect_key(origin_key, queued), call, customer.id)
         await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
         replies += 1
         queued += 1

@@ -3,6 +3,8 @@
 Callbacks that arrive together share one INSERT and one COMMIT (group commit): the
 first caller starts a flush, and whoever arrives while it runs joins the next one. No
 callback waits for a timer, and each is answered only after its own rows are committed.
+The same transaction claims what this process's inbox worker has room for, which is
+then handed to it without a claim of its own (bot/queue_runner.py).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.queue_runner import QueueRunner
 from core.events import InboundEvent
 from crm_store.models import InboxItem, utcnow
 from crm_store.work_queue import insert_ignoring_duplicates
@@ -49,8 +52,10 @@ def _unique(events: Sequence[InboundEvent]) -> list[InboundEvent]:
 class InboxWriter:
     """Stores the events of concurrent callbacks in shared transactions."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], max_batch: int = 500) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], inbox: QueueRunner[InboxItem] | None = None,
+                 max_batch: int = 500) -> None:
         self.sessions = sessions
+        self.inbox = inbox  # this process's inbox worker (idle in a web-only process: it then takes nothing)
         self.max_batch = max_batch
         self._waiting: list[tuple[Sequence[InboundEvent], asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -69,11 +74,16 @@ class InboxWriter:
             try:
                 async with self.sessions() as session, session.begin():
                     new_keys = await store_events(session, [event for events, _ in batch for event in events])
+                    claimed = await self.inbox.claim_stored(session, new_keys) if self.inbox and new_keys else []
             except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            if self.inbox is not None:
+                self.inbox.start(claimed)
+                if len(new_keys) > len(claimed):
+                    self.inbox.wake()
             for events, future in batch:
                 if not future.done():
                     future.set_result(sum(1 for event in _unique(events) if event.dedup_key in new_keys))

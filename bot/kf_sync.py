@@ -18,13 +18,13 @@ their own. The rest wait in the inbox and are claimed as usual.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channels.wecom import events_from_kf_messages
 from bot.inbox import store_events
+from bot.queue_runner import QueueRunner
 from bot.wechat_api import WeChatApi
 from core import metrics
 from core.events import InboundEvent
@@ -40,13 +40,10 @@ CLOCK_MARGIN = timedelta(seconds=1)
 
 
 class KfPuller:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi, claim_ttl_s: float = 60.0) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi) -> None:
         self.sessions = sessions
         self.api = api
-        self.claim_ttl_s = claim_ttl_s
-        self.on_new_events: Callable[[], None] = lambda: None
-        self.room: Callable[[], int] = lambda: 0  # how many pulled messages this worker may take on now
-        self.on_claimed: Callable[[list[InboxItem]], None] = lambda items: None
+        self.inbox: QueueRunner[InboxItem] | None = None  # the runner this pull runs in: it takes what it can
 
     async def pull(self, item: InboxItem, notification: InboundEvent) -> None:
         open_kfid = notification.account
@@ -61,7 +58,7 @@ class KfPuller:
             more = bool(page.get("has_more"))
             async with self.sessions() as session, session.begin():
                 new_keys = await store_events(session, events)
-                claimed = await work_queue.claim_stored(session, InboxItem, new_keys, self.room(), self.claim_ttl_s)
+                claimed = await self.inbox.claim_stored(session, new_keys, ending=1) if self.inbox else []
                 await save_kf_cursor(session, open_kfid, cursor)
                 if not more:
                     await work_queue.finish(session, item)
@@ -73,10 +70,10 @@ class KfPuller:
             metrics.INBOX_DUPLICATES.labels("kf").inc(len(events) - new)
             log.info("kf.pulled open_kfid=%s messages=%s new=%s taken=%s has_more=%s", open_kfid, len(events), new,
                      len(claimed), more)
-            if claimed:
-                self.on_claimed(claimed)
-            if new > len(claimed):
-                self.on_new_events()
+            if self.inbox is not None:
+                self.inbox.start(claimed)
+                if new > len(claimed):
+                    self.inbox.wake()
             if not more:
                 return
         async with self.sessions() as session, session.begin():

@@ -3,17 +3,23 @@
 It wakes at once when told new work arrived in this process (`wake()`), and polls so
 that work stored by other instances, or put back for a retry, is found too. Stopping
 finishes what is in flight; anything left is claimed again after a restart.
+
+Work this process stores can skip the claim: whoever stores it (a callback, a kf pull,
+a turn writing its replies) claims, in the same transaction, as many of the new items as
+the runner has `room()` for and hands them over with `start()`. A runner that is not
+running (nor draining) has no room, so stored work then waits to be claimed as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Generic
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from core import metrics
 from crm_store import work_queue
 from crm_store.work_queue import Item
 
@@ -42,13 +48,25 @@ class QueueRunner(Generic[Item]):
         self.paused_until = 0.0
         self._wake = asyncio.Event()
         self._stopping = False
+        self._running = 0  # the loop and drains under way: while none is, nothing is handed over
+        self._more = True  # claimable work may be waiting: finishing an item then looks for the next
         self.last_error: str | None = None
+        self._handed_over = metrics.HANDED_OVER.labels(name)
 
     def wake(self) -> None:
+        """New work was stored (or put back) that was not handed over: claim it now."""
+        self._more = True
         self._wake.set()
 
     async def run(self) -> None:
         log.info("%s.started concurrency=%s", self.name, self.concurrency)
+        self._running += 1
+        try:
+            await self._loop()
+        finally:
+            self._running -= 1
+
+    async def _loop(self) -> None:
         while not self._stopping:
             claimed = 0
             try:
@@ -56,7 +74,7 @@ class QueueRunner(Generic[Item]):
             except Exception as exc:  # noqa: BLE001 - the store may be briefly down; keep the loop alive
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("%s.claim.failed", self.name)
-            if claimed and len(self.in_flight) < self.concurrency:
+            if claimed and self._more and len(self.in_flight) < self.concurrency:
                 continue
             self._wake.clear()
             try:
@@ -65,18 +83,29 @@ class QueueRunner(Generic[Item]):
                 pass
 
     async def claim_and_start(self) -> int:
-        loop = asyncio.get_running_loop()
         free = self.room()
-        if free <= 0 or loop.time() < self.paused_until:
+        if free <= 0:
             return 0
         async with self.sessions() as session:
-            items = await work_queue.claim(session, self.model, free, self.claim_ttl_s)
+            items, self._more = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
         self.start(items)
         return len(items)
 
     def room(self, ending: int = 0) -> int:
         """How many more items this runner may take on now (`ending`: the caller's own, about to end)."""
-        return 0 if self._stopping else max(self.concurrency - len(self.in_flight) + ending, 0)
+        if self._stopping or not self._running or asyncio.get_running_loop().time() < self.paused_until:
+            return 0
+        return max(self.concurrency - len(self.in_flight) + ending, 0)
+
+    async def claim_stored(self, session: AsyncSession, dedup_keys: Collection[str], ending: int = 0) -> list[Item]:
+        """In the transaction that stores them: claim for this runner as many of the new items as it has room
+        for (the heads of their queues); `start()` them once that transaction has committed."""
+        room = self.room(ending)
+        if not room:
+            return []
+        claimed = await work_queue.claim_stored(session, self.model, dedup_keys, room, self.claim_ttl_s)
+        self._handed_over.inc(len(claimed))
+        return claimed
 
     def start(self, items: list[Item]) -> None:
         """Handle items claimed for this runner (by its own claim, or by whoever stored them)."""
@@ -97,17 +126,23 @@ class QueueRunner(Generic[Item]):
             log.exception("%s.item.crashed id=%s", self.name, item.id)
 
     def _done(self, task: asyncio.Task[None]) -> None:
+        """A slot is free: claim again if work was left waiting (handed-over work leaves none behind)."""
         self.in_flight.discard(task)
-        self.wake()
+        if self._more:
+            self._wake.set()
 
     async def drain(self, rounds: int = 1000) -> None:
         """Handle everything that is due now, then return (for tests and the CLI)."""
-        for _ in range(rounds):
-            started = await self.claim_and_start()
-            if self.in_flight:
-                await asyncio.gather(*list(self.in_flight), return_exceptions=True)
-            elif not started:
-                return
+        self._running += 1
+        try:
+            for _ in range(rounds):
+                started = await self.claim_and_start()
+                if self.in_flight:
+                    await asyncio.gather(*list(self.in_flight), return_exceptions=True)
+                elif not started:
+                    return
+        finally:
+            self._running -= 1
 
     async def stop(self, timeout_s: float) -> None:
         """Stop claiming and let in-flight items finish (up to `timeout_s`)."""

@@ -97,7 +97,7 @@ class Runtime:
             waker = Waker(sessions, domain.pipeline, interval_s, agent_id)
             growth_jobs = GrowthJobs(sessions, domain.growth, apis["wecom.contacts"], interval_s, agent_id)
             pipeline = domain.pipeline
-        puller = KfPuller(sessions, apis["wecom.kf"], worker_settings.claim_ttl_s)
+        puller = KfPuller(sessions, apis["wecom.kf"])
         worker = InboxWorker(
             sessions,
             pipeline,
@@ -120,9 +120,7 @@ class Runtime:
             "outbox", sessions, OutboxItem, sender.send, worker_settings.outbox_concurrency,
             worker_settings.poll_interval_s, worker_settings.claim_ttl_s,
         )
-        puller.on_new_events = inbox.wake
-        puller.room, puller.on_claimed = lambda: inbox.room(ending=1), inbox.start  # the pull's own slot frees
-        worker.on_outbox = outbox.wake
+        puller.inbox, worker.outbox = inbox, outbox
         sender.on_rate_limited = outbox.pause
         webhook_feed.on_outbox = outbox.wake
         if waker is not None and growth_jobs is not None and handoff_jobs is not None and nurture is not None:

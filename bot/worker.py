@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import remember_reach, write_effects, write_side_effect
+from bot.delivery import effect_key, remember_reach, write_effects, write_side_effect
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
+from bot.queue_runner import QueueRunner
 from core import metrics
 from core.events import Effect, InboundEvent
 from crm_store import work_queue
@@ -34,7 +35,7 @@ from crm_store.customers import (
     touch,
     write_timeline,
 )
-from crm_store.models import Customer, InboxItem, utcnow
+from crm_store.models import Customer, InboxItem, OutboxItem, utcnow
 from crm_store.work_queue import ClaimLost
 from flows.turn import Turn
 
@@ -71,7 +72,7 @@ class InboxWorker:
         self.retry_base_s = retry_base_s
         self.app_agent_id = app_agent_id
         self.rep_commands = rep_commands
-        self.on_outbox: Callable[[], None] = lambda: None
+        self.outbox: QueueRunner[OutboxItem] | None = None  # this process's sender: it takes the replies it can
         self.processed = 0
         self._known_identities: OrderedDict[str, None] = OrderedDict()  # identities never disappear
 
@@ -108,10 +109,22 @@ class InboxWorker:
             inbound.update(_understood(turn.intent))
             wrote = await write_effects(session, item.dedup_key, event, customer, effects, self.app_agent_id)
             await write_timeline(session)
+            sending = await self._claim_for_sending(session, item, wrote)
             await work_queue.finish(session, item)
         self._remember(event)
-        if wrote:
-            self.on_outbox()
+        self._hand_over(sending, wrote)
+
+    async def _claim_for_sending(self, session: AsyncSession, item: InboxItem, wrote: int) -> list[OutboxItem]:
+        """The rows this turn wrote that this process's sender can take at once, claimed with the turn."""
+        if self.outbox is None or not wrote:
+            return []
+        return await self.outbox.claim_stored(session, [effect_key(item.dedup_key, index) for index in range(wrote)])
+
+    def _hand_over(self, sending: list[OutboxItem], wrote: int) -> None:
+        if self.outbox is not None:
+            self.outbox.start(sending)
+            if wrote > len(sending):
+                self.outbox.wake()
 
     async def _customer(self, session: AsyncSession, event: InboundEvent, known: bool,
                         profile: Profile | None) -> tuple[Customer, CustomerFacts | None]:
@@ -147,10 +160,10 @@ class InboxWorker:
         async with self.sessions() as session, session.begin():
             if self.rep_commands is not None:
                 for effect in await self.rep_commands.handle(session, event):
-                    wrote += await write_side_effect(session, f"{item.dedup_key}#{wrote}", effect, self.app_agent_id)
+                    wrote += await write_side_effect(session, effect_key(item.dedup_key, wrote), effect,
+                                                     self.app_agent_id)
             await work_queue.finish(session, item)
-        if wrote:
-            self.on_outbox()
+        self._hand_over([], wrote)
 
     async def _retry_or_fail(self, item: InboxItem, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:1000]

@@ -12,6 +12,9 @@ CALLBACK_SECONDS = Histogram(
 INBOX_STORED = Counter("scrm_inbox_stored_total", "Events stored in the inbox (duplicates excluded)", ["channel"])
 INBOX_DUPLICATES = Counter("scrm_inbox_duplicates_total", "Retried or re-pulled events ignored", ["channel"])
 INBOX_PROCESSED = Counter("scrm_inbox_processed_total", "Inbox items handled", ["kind", "outcome"])
+HANDED_OVER = Counter("scrm_queue_handed_over_total",
+                      "Items claimed in the transaction that stored them and handed to this process's runner "
+                      "(a callback, a kf pull, a turn's replies), not claimed again", ["queue"])
 INBOX_LAG = Gauge("scrm_inbox_lag_seconds", "Age of the oldest unprocessed inbox item")
 INBOX_BACKLOG = Gauge("scrm_inbox_backlog", "Inbox items waiting or in progress")
 OUTBOX_BACKLOG = Gauge("scrm_outbox_backlog", "Outbox items waiting or in progress")

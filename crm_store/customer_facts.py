@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.enrolments import REPLY_WINDOW
@@ -32,24 +32,28 @@ class CustomerFacts:
     unreplied_sends: bool  # a sequence step or push sent within the reply window, not yet replied to
 
 
+# Built once: executing the same statement object skips its construction and its cache key (memoized).
+_KNOWN_CUSTOMER = (
+    select(
+        Customer,
+        select(func.max(FlowRelease.id)).scalar_subquery(),
+        exists().where(Handoff.customer_id == Customer.id, Handoff.status.in_(OPEN_STATUSES)),
+        exists().where(Enrolment.customer_id == Customer.id, Enrolment.status.in_(ENROLLED)),
+        exists().where(NurtureSend.customer_id == Customer.id, NurtureSend.status == "sent",
+                       NurtureSend.replied_at.is_(None), NurtureSend.sent_at >= bindparam("replied_since")),
+    )
+    .join(Identity)
+    .where(Identity.kind == bindparam("kind"), Identity.external_id == bindparam("external_id"))
+)
+
+
 async def known_customer(
     session: AsyncSession, kind: str, external_id: str, now: datetime
 ) -> tuple[Customer, CustomerFacts] | None:
     """The live customer behind a known identity, with its facts; None when the identity is unknown or
     its customer was merged into another (the caller then resolves it the long way)."""
-    customer_id = Customer.id
-    row = (await session.execute(
-        select(
-            Customer,
-            select(func.max(FlowRelease.id)).scalar_subquery(),
-            exists().where(Handoff.customer_id == customer_id, Handoff.status.in_(OPEN_STATUSES)),
-            exists().where(Enrolment.customer_id == customer_id, Enrolment.status.in_(ENROLLED)),
-            exists().where(NurtureSend.customer_id == customer_id, NurtureSend.status == "sent",
-                           NurtureSend.replied_at.is_(None), NurtureSend.sent_at >= now - REPLY_WINDOW),
-        )
-        .join(Identity)
-        .where(Identity.kind == kind, Identity.external_id == external_id)
-    )).first()
+    params = {"kind": kind, "external_id": external_id, "replied_since": now - REPLY_WINDOW}
+    row = (await session.execute(_KNOWN_CUSTOMER, params)).first()
     if row is None or row[0].merged_into_id is not None:
         return None
     customer, release_id, open_handoff, enrolled, unreplied = row

@@ -54,7 +54,16 @@ CANDIDATE_WINDOW = 8  # look at this many times `limit` ready items to find `lim
 
 
 async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float) -> list[Item]:
-    """Claim up to `limit` queue heads; commits, so the claim is visible to other workers.
+    """Claim up to `limit` queue heads; commits, so the claim is visible to other workers."""
+    items, _ = await claim_heads(session, model, limit, claim_ttl_s)
+    return items
+
+
+async def claim_heads(
+    session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float
+) -> tuple[list[Item], bool]:
+    """Claim up to `limit` queue heads and commit; also whether ready items were left (behind an unfinished
+    head of their queue, or past the limit), so the caller knows that finishing one may free another.
 
     Three short, index-only steps rather than one anti-join, so the plan stays cheap
     whatever the table's statistics say: ready candidates in id order (skipping rows other
@@ -77,12 +86,14 @@ async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_
         .with_for_update(skip_locked=True)
     )
     candidates: dict[str, int] = {}
+    found = 0
     for statement in (abandoned, ready):
         for item_id, queue_key in (await session.execute(statement)).all():
             candidates[queue_key] = min(item_id, candidates.get(queue_key, item_id))
+            found += 1
     if not candidates:
         await session.commit()
-        return []
+        return [], False
     heads = await session.execute(
         select(model.queue_key, func.min(model.id))
         .where(model.queue_key.in_(list(candidates)), model.status.in_(("pending", "claimed")))
@@ -91,7 +102,7 @@ async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_
     ids = sorted(candidates[key] for key, head in heads.all() if head == candidates[key])[:limit]
     if not ids:
         await session.commit()
-        return []
+        return [], True
     token = uuid.uuid4().hex
     claimed = await session.execute(
         update(model)
@@ -107,7 +118,7 @@ async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_
     )
     items = sorted(claimed.scalars().all(), key=lambda item: item.id)
     await session.commit()
-    return items
+    return items, found > len(items)
 
 
 async def claim_stored(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from bot.sandbox import wechat_side
@@ -208,6 +210,10 @@ async def test_a_burst_of_kf_notifications_needs_one_pull(bot: Bot) -> None:
     assert await count(bot, InboxItem, InboxItem.status != "done") == 0
 
 
+def handed_over(queue: str) -> float:
+    return REGISTRY.get_sample_value("scrm_queue_handed_over_total", {"queue": queue}) or 0.0
+
+
 async def test_pulled_messages_are_handled_by_the_puller_without_a_second_claim(bot: Bot) -> None:
     """A pulled message that heads its customer's queue is claimed in the page's transaction and handled at
     once; a second message of the same customer waits its turn in the inbox."""
@@ -215,12 +221,9 @@ async def test_pulled_messages_are_handled_by_the_puller_without_a_second_claim(
         bot.fake.add_kf_text(SANDBOX_KF_ACCOUNT, "wmOnce", text)
     bot.fake.add_kf_text(SANDBOX_KF_ACCOUNT, "wmOnceToo", "你好")
     await bot.simulator.kf_says(bot.url, "wmOnceToo", "谢谢")
-    taken: list[str] = []
-    puller = bot.runtime.worker.kf_puller
-    hand_over = puller.on_claimed
-    puller.on_claimed = lambda items: (taken.extend(item.dedup_key for item in items), hand_over(items))  # type: ignore[func-returns-value]
+    before = handed_over("inbox")
     await bot.drain()
-    assert len(taken) == 2  # the heads of wmOnce's and wmOnceToo's queues
+    assert handed_over("inbox") == before + 2  # the heads of wmOnce's and wmOnceToo's queues
     assert [reply.text for reply in bot.replies_to("wmOnce")] == [GREETING, "不客气，随时为您服务～"]
     assert [reply.text for reply in bot.replies_to("wmOnceToo")] == [GREETING, "不客气，随时为您服务～"]
     async with bot.runtime.sessions() as session:
@@ -229,16 +232,44 @@ async def test_pulled_messages_are_handled_by_the_puller_without_a_second_claim(
 
 
 async def test_messages_claimed_by_a_puller_that_died_are_taken_over(bot: Bot) -> None:
-    puller = bot.runtime.worker.kf_puller
-    hand_over = puller.on_claimed
-    puller.on_claimed = lambda items: None  # the process dies right after the page's commit
-    await bot.simulator.kf_says(bot.url, "wmOrphan", "你好")
-    await bot.drain()
+    inbox = bot.runtime.inbox
+    start = inbox.start  # the pulled message is claimed with the page, then the process dies before handling it
+    inbox.start = lambda items: start([item for item in items if item.kind == "kf_sync"])  # type: ignore[method-assign]
+    try:
+        await bot.simulator.kf_says(bot.url, "wmOrphan", "你好")
+        await bot.drain()
+    finally:
+        del inbox.start
     assert bot.replies_to("wmOrphan") == []
     assert await count(bot, InboxItem, InboxItem.status == "claimed") == 1
-    puller.on_claimed = hand_over
+    await bot.drain()
+    assert bot.replies_to("wmOrphan") == []  # its claim still holds
     async with bot.runtime.sessions() as session, session.begin():  # what the passing of claim_ttl_s does
         await session.execute(update(InboxItem).where(InboxItem.status == "claimed").values(claimed_until=utcnow()))
     await bot.drain()
     assert [reply.text for reply in bot.replies_to("wmOrphan")] == [GREETING]
     assert await count(bot, InboxItem, InboxItem.status != "done") == 0
+
+
+async def test_with_the_workers_running_a_message_passes_each_queue_once(start_bot) -> None:  # type: ignore[no-untyped-def]
+    """The callback's transaction claims the message for this process's worker, and the turn's transaction
+    claims its reply for this process's sender: no queue item is claimed twice, yet each is done."""
+    bot: Bot = await start_bot(run_workers=True)
+    inbox, outbox = handed_over("inbox"), handed_over("outbox")
+    await bot.simulator.oa_says(bot.url, "oRunning", "你好")
+    await bot.simulator.kf_says(bot.url, "wmRunning", "你好")
+    for _ in range(500):  # the background workers answer within a few milliseconds
+        if bot.replies_to("oRunning") and bot.replies_to("wmRunning"):
+            break
+        await asyncio.sleep(0.01)
+    assert [reply.text for reply in bot.replies_to("oRunning")] == [GREETING]
+    assert [reply.text for reply in bot.replies_to("wmRunning")] == [GREETING]
+    assert handed_over("inbox") == inbox + 3  # the OA message, the kf notification and the pulled kf message
+    assert handed_over("outbox") == outbox + 2  # the two replies
+    for model in (InboxItem, OutboxItem):
+        for _ in range(100):  # the sender records "done" just after the call
+            if await count(bot, model, model.status != "done") == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await count(bot, model, model.status != "done") == 0
+        assert await count(bot, model, model.attempts != 1) == 0

@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from crm_store.customer_facts import CustomerFacts, known_customer
 from crm_store.customers import (
     Profile,
-    hold_timeline,
     held_events,
+    hold_timeline,
     merge_customers,
     record,
     resolve_customer,
