@@ -139,6 +139,7 @@ async def play(customers: list[Customer], concurrency: int, say: Say, timeout_s:
     """Each customer's turns in order, `concurrency` customers at a time; latency per turn."""
     queue = iter(customers)
     latencies: list[float] = []
+    by_channel: dict[str, list[float]] = {}
     unanswered = 0
 
     async def chat() -> None:
@@ -147,25 +148,33 @@ async def play(customers: list[Customer], concurrency: int, say: Say, timeout_s:
             for text in customer.turns:
                 started = time.perf_counter()
                 if await say(customer, text):
-                    latencies.append(time.perf_counter() - started)
+                    latency = time.perf_counter() - started
                 else:
                     unanswered += 1
-                    latencies.append(max(timeout_s, time.perf_counter() - started))
+                    latency = max(timeout_s, time.perf_counter() - started)
+                latencies.append(latency)
+                by_channel.setdefault(customer.channel, []).append(latency)
 
     started = time.perf_counter()
     await asyncio.gather(*(chat() for _ in range(concurrency)))
-    return summary(latencies, unanswered, time.perf_counter() - started)
+    stats = summary(latencies, unanswered, time.perf_counter() - started)
+    stats["p50_p95_ms_by_channel"] = {channel: [percentile(values, 0.50), percentile(values, 0.95)]
+                                      for channel, values in sorted(by_channel.items())}
+    return stats
+
+
+def percentile(latencies: list[float], q: float) -> float:
+    """The q-quantile of `latencies` (seconds), in milliseconds."""
+    ordered = sorted(latencies)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else 0.0
 
 
 def summary(latencies: list[float], unanswered: int, wall_s: float) -> dict[str, Any]:
-    ordered = sorted(latencies)
-
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else 0.0
-
-    return {"turns": len(ordered), "answered": len(ordered) - unanswered, "unanswered": unanswered,
-            "wall_s": round(wall_s, 2), "msgs_per_s": round((len(ordered) - unanswered) / wall_s, 1),
-            "p50_ms": pick(0.50), "p95_ms": pick(0.95), "p99_ms": pick(0.99)}
+    turns = len(latencies)
+    return {"turns": turns, "answered": turns - unanswered, "unanswered": unanswered,
+            "wall_s": round(wall_s, 2), "msgs_per_s": round((turns - unanswered) / wall_s, 1),
+            "p50_ms": percentile(latencies, 0.50), "p95_ms": percentile(latencies, 0.95),
+            "p99_ms": percentile(latencies, 0.99)}
 
 
 # --- the bot's side ------------------------------------------------------------------------
@@ -404,6 +413,9 @@ def print_report(report: dict[str, Any]) -> None:
         row = report[key]
         print(f"{name:34}{row['msgs_per_s']:8.1f}{row['p50_ms']:9.1f}{row['p95_ms']:9.1f}{row['p99_ms']:9.1f}"
               f"{row['unanswered']:12d}")
+    for name, key in (("bot", "bot"), ("plain Rasa", "plain_rasa")):
+        channels = report[key]["p50_p95_ms_by_channel"]
+        print(f"{name} p50 / p95 ms by channel: " + ", ".join(f"{c} {p50:g} / {p95:g}" for c, (p50, p95) in channels.items()))
     print(f"ratio bot/rasa: {report['ratio_bot_vs_rasa']:.2f}x")
     print(f"goal ≥ {GOAL_RATIO:.1f}x: {'met' if report['goal_ratio_met'] else 'not met'}")
     print(f"p95 < {GOAL_P95_S:g} s: {'met' if report['goal_p95_met'] else 'not met'}")

@@ -5,9 +5,10 @@ transaction, so a restart resumes exactly where the last saved page ended: nothi
 re-read twice into the inbox (dedup by msgid) and nothing is skipped. Pulls for one kf
 account never overlap, because the notifications share one queue key.
 
-A burst of notifications needs one pull, not one each: a pull that reached the end
-also settles every notification stored before its last request began (WeChat notifies
-only after the message can be fetched), with a margin for clocks of other instances.
+A burst of notifications needs one pull, not one each: a pull that reached the end also
+settles every notification that was waiting in the inbox when it began (WeChat notifies
+only after the message can be fetched, so those messages are in what the pull read). No
+clock is compared: what was stored is what the pull's first statement saw committed.
 
 The messages a page stores pass the inbox once: in the page's transaction, those at the
 head of their customer's queue are claimed by this worker (as many as it has room for)
@@ -18,7 +19,6 @@ their own. The rest wait in the inbox and are claimed as usual.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -29,14 +29,13 @@ from bot.wechat_api import WeChatApi
 from core import metrics
 from core.events import InboundEvent
 from crm_store import work_queue
-from crm_store.kf_cursors import kf_cursor, save_kf_cursor
-from crm_store.models import InboxItem, utcnow
+from crm_store.kf_cursors import save_kf_cursor, start_of_pull
+from crm_store.models import InboxItem
 
 log = logging.getLogger("scrm.kf")
 
 PAGE_LIMIT = 1000
 MAX_PAGES = 100  # a safety valve: the next notification continues from the saved cursor
-CLOCK_MARGIN = timedelta(seconds=1)
 
 
 class KfPuller:
@@ -48,9 +47,8 @@ class KfPuller:
     async def pull(self, item: InboxItem, notification: InboundEvent) -> None:
         open_kfid = notification.account
         async with self.sessions() as session:
-            cursor = await kf_cursor(session, open_kfid)
+            cursor, covered = await start_of_pull(session, open_kfid, item.queue_key)
         for _ in range(MAX_PAGES):
-            requested_at = utcnow()
             body = {"cursor": cursor, "token": notification.sync_token, "limit": PAGE_LIMIT, "open_kfid": open_kfid}
             page = await self.api.post("kf/sync_msg", body)
             events = events_from_kf_messages(list(page.get("msg_list") or []))
@@ -62,9 +60,7 @@ class KfPuller:
                 await save_kf_cursor(session, open_kfid, cursor)
                 if not more:
                     await work_queue.finish(session, item)
-                    await work_queue.finish_covered(
-                        session, item, requested_at - CLOCK_MARGIN, f"covered by the pull of inbox item {item.id}"
-                    )
+                    await work_queue.finish_covered(session, item, covered, f"covered by the pull of inbox item {item.id}")
             new = len(new_keys)
             metrics.INBOX_STORED.labels("kf").inc(new)
             metrics.INBOX_DUPLICATES.labels("kf").inc(len(events) - new)

@@ -50,12 +50,14 @@ class QueueRunner(Generic[Item]):
         self._stopping = False
         self._running = 0  # the loop and drains under way: while none is, nothing is handed over
         self._more = True  # claimable work may be waiting: finishing an item then looks for the next
+        self._wakes = 0  # how often wake() was called: a claim compares it before and after
         self.last_error: str | None = None
         self._handed_over = metrics.HANDED_OVER.labels(name)
 
     def wake(self) -> None:
         """New work was stored (or put back) that was not handed over: claim it now."""
         self._more = True
+        self._wakes += 1
         self._wake.set()
 
     async def run(self) -> None:
@@ -68,6 +70,7 @@ class QueueRunner(Generic[Item]):
 
     async def _loop(self) -> None:
         while not self._stopping:
+            self._wake.clear()  # before the claim: a wake-up during it is not lost
             claimed = 0
             try:
                 claimed = await self.claim_and_start()
@@ -76,7 +79,6 @@ class QueueRunner(Generic[Item]):
                 log.exception("%s.claim.failed", self.name)
             if claimed and self._more and len(self.in_flight) < self.concurrency:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
             except TimeoutError:
@@ -86,8 +88,10 @@ class QueueRunner(Generic[Item]):
         free = self.room()
         if free <= 0:
             return 0
+        wakes = self._wakes
         async with self.sessions() as session:
-            items, self._more = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
+            items, left = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
+        self._more = left or self._wakes != wakes  # work stored during the claim may not have been seen by it
         self.start(items)
         return len(items)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import DateTime, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -43,14 +44,71 @@ async def insert_ignoring_duplicates(
     return set(result.scalars().all())
 
 
-def _claimable(model: type[Item], now: datetime) -> Any:
-    return or_(
-        and_(model.status == "pending", model.available_at <= now),
-        and_(model.status == "claimed", model.claimed_until < now),
+CANDIDATE_WINDOW = 8  # look at this many times `limit` ready items to find `limit` queue heads
+UNFINISHED = ("pending", "claimed")
+
+
+@dataclass(frozen=True)
+class _Statements:
+    """A queue's hot statements, built once per table: executing the same statement object skips its
+    construction and its cache key (memoized), which otherwise cost more than the round trip."""
+
+    ready: Any
+    abandoned: Any
+    heads: Any
+    claim: Any
+    claim_stored: Any
+    finish: Any
+
+
+_BUILT: dict[type[QueueItem], _Statements] = {}
+
+
+def _statements(model: type[QueueItem]) -> _Statements:
+    built = _BUILT.get(model)
+    if built is None:
+        built = _BUILT[model] = _build(model)
+    return built
+
+
+def _build(model: type[QueueItem]) -> _Statements:
+    now, earlier = bindparam("now", type_=DateTime(timezone=True)), aliased(model)
+    claimed = {"status": "claimed", "claim_token": bindparam("token"), "claimed_until": bindparam("until"),
+               "attempts": model.attempts + 1}
+    return _Statements(
+        ready=select(model.id, model.queue_key)
+        .where(model.status == "pending", model.available_at <= now)
+        .order_by(model.id).limit(bindparam("limit")).with_for_update(skip_locked=True),
+        abandoned=select(model.id, model.queue_key)
+        .where(model.status == "claimed", model.claimed_until < now)
+        .order_by(model.id).limit(bindparam("limit")).with_for_update(skip_locked=True),
+        heads=select(model.queue_key, func.min(model.id))
+        .where(model.queue_key.in_(bindparam("keys", expanding=True)), model.status.in_(UNFINISHED))
+        .group_by(model.queue_key),
+        claim=update(model)
+        .where(model.id.in_(bindparam("ids", expanding=True)),
+               or_(and_(model.status == "pending", model.available_at <= now),
+                   and_(model.status == "claimed", model.claimed_until < now)))
+        .values(**claimed).returning(model).execution_options(synchronize_session=False),
+        claim_stored=update(model)
+        .where(model.id.in_(
+            select(model.id)
+            .where(model.dedup_key.in_(bindparam("keys", expanding=True)), model.status == "pending",
+                   ~exists().where(earlier.queue_key == model.queue_key, earlier.id < model.id,
+                                   earlier.status.in_(UNFINISHED)))
+            .order_by(model.id).limit(bindparam("limit"))))
+        .values(**claimed).returning(model).execution_options(synchronize_session=False),
+        finish=update(model)
+        .where(model.id == bindparam("item_id"), model.claim_token == bindparam("item_token"),
+               model.status == "claimed")
+        .values(status=bindparam("status"), finished_at=bindparam("finished_at"), last_error=bindparam("error"),
+                claimed_until=None)
+        .execution_options(synchronize_session=False),
     )
 
 
-CANDIDATE_WINDOW = 8  # look at this many times `limit` ready items to find `limit` queue heads
+def _claim_values(claim_ttl_s: float, now: datetime) -> dict[str, Any]:
+    return {"token": uuid.uuid4().hex, "until": now + timedelta(seconds=claim_ttl_s)}
 
 
 async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float) -> list[Item]:
@@ -70,52 +128,22 @@ async def claim_heads(
     workers have locked), the oldest unfinished id of each candidate's queue, and a
     conditional UPDATE of the candidates that are their queue's head.
     """
-    now = utcnow()
-    ready = (
-        select(model.id, model.queue_key)
-        .where(model.status == "pending", model.available_at <= now)
-        .order_by(model.id)
-        .limit(limit * CANDIDATE_WINDOW)
-        .with_for_update(skip_locked=True)
-    )
-    abandoned = (
-        select(model.id, model.queue_key)
-        .where(model.status == "claimed", model.claimed_until < now)
-        .order_by(model.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    now, statements = utcnow(), _statements(model)
     candidates: dict[str, int] = {}
     found = 0
-    for statement in (abandoned, ready):
-        for item_id, queue_key in (await session.execute(statement)).all():
+    for statement, rows in ((statements.abandoned, limit), (statements.ready, limit * CANDIDATE_WINDOW)):
+        for item_id, queue_key in (await session.execute(statement, {"now": now, "limit": rows})).all():
             candidates[queue_key] = min(item_id, candidates.get(queue_key, item_id))
             found += 1
     if not candidates:
         await session.commit()
         return [], False
-    heads = await session.execute(
-        select(model.queue_key, func.min(model.id))
-        .where(model.queue_key.in_(list(candidates)), model.status.in_(("pending", "claimed")))
-        .group_by(model.queue_key)
-    )
+    heads = await session.execute(statements.heads, {"keys": list(candidates)})
     ids = sorted(candidates[key] for key, head in heads.all() if head == candidates[key])[:limit]
     if not ids:
         await session.commit()
         return [], True
-    token = uuid.uuid4().hex
-    claimed = await session.execute(
-        update(model)
-        .where(model.id.in_(ids), _claimable(model, now))
-        .values(
-            status="claimed",
-            claim_token=token,
-            claimed_until=now + timedelta(seconds=claim_ttl_s),
-            attempts=model.attempts + 1,
-        )
-        .returning(model)
-        .execution_options(synchronize_session=False)
-    )
+    claimed = await session.execute(statements.claim, {"ids": ids, "now": now, **_claim_values(claim_ttl_s, now)})
     items = sorted(claimed.scalars().all(), key=lambda item: item.id)
     await session.commit()
     return items, found > len(items)
@@ -132,53 +160,28 @@ async def claim_stored(
     """
     if not dedup_keys or limit <= 0:
         return []
-    now, earlier = utcnow(), aliased(model)
-    heads = (
-        select(model.id)
-        .where(
-            model.dedup_key.in_(list(dedup_keys)),
-            model.status == "pending",
-            ~exists().where(earlier.queue_key == model.queue_key, earlier.id < model.id,
-                            earlier.status.in_(("pending", "claimed"))),
-        )
-        .order_by(model.id)
-        .limit(limit)
-    )
-    claimed = await session.execute(
-        update(model)
-        .where(model.id.in_(heads))
-        .values(status="claimed", claim_token=uuid.uuid4().hex, claimed_until=now + timedelta(seconds=claim_ttl_s),
-                attempts=model.attempts + 1)
-        .returning(model)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"keys": list(dedup_keys), "limit": limit, **_claim_values(claim_ttl_s, utcnow())}
+    claimed = await session.execute(_statements(model).claim_stored, params)
     return sorted(claimed.scalars().all(), key=lambda item: item.id)
 
 
 async def finish(session: AsyncSession, item: QueueItem, status: str = "done", error: str | None = None) -> None:
     """Mark a claimed item done or failed in the caller's transaction; ClaimLost if it is no longer ours."""
-    model = type(item)
-    result = await session.execute(
-        update(model)
-        .where(model.id == item.id, model.claim_token == item.claim_token, model.status == "claimed")
-        .values(status=status, finished_at=utcnow(), last_error=error, claimed_until=None)
-        .execution_options(synchronize_session=False)
-    )
+    result = await session.execute(_statements(type(item)).finish, {
+        "item_id": item.id, "item_token": item.claim_token, "status": status, "finished_at": utcnow(), "error": error})
     if cast(CursorResult[Any], result).rowcount != 1:
-        raise ClaimLost(f"{model.__name__} {item.id}")
+        raise ClaimLost(f"{type(item).__name__} {item.id}")
 
 
-async def finish_covered(
-    session: AsyncSession, item: QueueItem, stored_before: datetime, reason: str
-) -> int:
-    """Mark done the pending items of `item`'s queue stored before `stored_before` (their work is done)."""
+async def finish_covered(session: AsyncSession, item: QueueItem, up_to_id: int, reason: str) -> int:
+    """Mark done the pending items of `item`'s queue up to id `up_to_id` (their work is done)."""
     model = type(item)
     result = await session.execute(
         update(model)
         .where(
             model.queue_key == item.queue_key,
             model.status == "pending",
-            model.created_at < stored_before,
+            model.id <= up_to_id,
             model.id != item.id,
         )
         .values(status="done", finished_at=utcnow(), last_error=reason)
