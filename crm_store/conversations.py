@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.models import Conversation, utcnow
 
+_ACTIVE = (  # built once: every turn asks it
+    select(Conversation)
+    .where(Conversation.customer_id == bindparam("customer_id"), Conversation.status == "active")
+    .with_for_update()
+)
+
 
 async def active_conversation(session: AsyncSession, customer_id: int) -> Conversation | None:
     """The customer's running conversation, locked until the end of the transaction."""
-    return await session.scalar(
-        select(Conversation)
-        .where(Conversation.customer_id == customer_id, Conversation.status == "active")
-        .with_for_update()
-    )
+    return await session.scalar(_ACTIVE, {"customer_id": customer_id})
 
 
 async def claim_due(session: AsyncSession, now: datetime, limit: int) -> list[Conversation]:

@@ -37,11 +37,18 @@ async def insert_ignoring_duplicates(
     """INSERT … ON CONFLICT (dedup_key) DO NOTHING for many rows; returns the dedup keys inserted."""
     if not rows:
         return set()
-    statement = (
-        dialect_insert(session, model).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(model.dedup_key)
-    )
+    dialect = session.get_bind().dialect.name
+    statement = _INSERTS.get((dialect, model))
+    if statement is None:  # built once per store and table (see _Statements)
+        statement = _INSERTS[dialect, model] = (
+            dialect_insert(session, model).on_conflict_do_nothing(index_elements=["dedup_key"])
+            .returning(model.dedup_key)
+        )
     result = await session.execute(statement, list(rows))
     return set(result.scalars().all())
+
+
+_INSERTS: dict[tuple[str, type[QueueItem]], Any] = {}
 
 
 CANDIDATE_WINDOW = 8  # look at this many times `limit` ready items to find `limit` queue heads
@@ -59,6 +66,7 @@ class _Statements:
     claim: Any
     claim_stored: Any
     finish: Any
+    note: Any
 
 
 _BUILT: dict[type[QueueItem], _Statements] = {}
@@ -103,6 +111,10 @@ def _build(model: type[QueueItem]) -> _Statements:
                model.status == "claimed")
         .values(status=bindparam("status"), finished_at=bindparam("finished_at"), last_error=bindparam("error"),
                 claimed_until=None)
+        .execution_options(synchronize_session=False),
+        note=update(model)
+        .where(model.id == bindparam("item_id"), model.claim_token == bindparam("item_token"))
+        .values(last_error=bindparam("text"))
         .execution_options(synchronize_session=False),
     )
 
@@ -208,13 +220,8 @@ async def retry_later(session: AsyncSession, item: QueueItem, delay_s: float, er
 
 async def note(session: AsyncSession, item: QueueItem, text: str) -> None:
     """Record progress on a claimed item (read back if the item is claimed again)."""
-    model = type(item)
-    await session.execute(
-        update(model)
-        .where(model.id == item.id, model.claim_token == item.claim_token)
-        .values(last_error=text)
-        .execution_options(synchronize_session=False)
-    )
+    await session.execute(_statements(type(item)).note,
+                          {"item_id": item.id, "item_token": item.claim_token, "text": text})
 
 
 async def requeue_failed(session: AsyncSession, model: type[QueueItem], item_ids: list[int]) -> list[int]:
