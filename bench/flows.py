@@ -300,7 +300,8 @@ async def wait_nlu_ready(base: str, bot: subprocess.Popen[bytes], timeout_s: flo
 
 
 async def nlu_sources(base: str, http: aiohttp.ClientSession) -> Counter[str]:
-    """The bot's NLU answers so far, by source, and its rules fallbacks, by reason."""
+    """The bot's NLU answers so far, by source, its rules fallbacks, by reason, and the messages that needed
+    no parse (a typed answer to the waiting step), by reason: only "rasa" turns cost a Rasa parse."""
     async with http.get(f"{base}/metrics") as response:
         text = await response.text()
     counts: Counter[str] = Counter()
@@ -310,6 +311,8 @@ async def nlu_sources(base: str, http: aiohttp.ClientSession) -> Counter[str]:
                 counts[sample.labels["source"]] += int(sample.value)
             elif sample.name == "scrm_nlu_fallbacks_total":
                 counts[f"fallback_{sample.labels['reason']}"] += int(sample.value)
+            elif sample.name == "scrm_nlu_not_needed_total":
+                counts[f"not_needed_{sample.labels['reason']}"] += int(sample.value)
     return counts
 
 
@@ -423,7 +426,9 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"CPU per turn: bot process {bot_cpu['own']} ms + its Rasa {bot_cpu['children']} ms; plain Rasa "
           f"{rasa_cpu['own'] + rasa_cpu['children']:.1f} ms; this driver {bot_cpu['driver']} ms (bot, fake API "
           f"included) and {rasa_cpu['driver']} ms (Rasa); PostgreSQL and Redis not counted")
-    print("bot NLU answers during the run: " + ", ".join(f"{k} {v}" for k, v in report["bot"]["nlu"].items()))
+    nlu = report["bot"]["nlu"]
+    print("bot NLU answers during the run: " + ", ".join(f"{k} {v}" for k, v in nlu.items())
+          + f"; turns that needed a Rasa parse: {nlu.get('rasa', 0)} of {report['bot']['turns']}")
     print(f"machine: {report['cpus']} CPUs, load average before the run {report['load_average_before']}")
 
 

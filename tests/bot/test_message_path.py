@@ -273,3 +273,16 @@ async def test_with_the_workers_running_a_message_passes_each_queue_once(start_b
             await asyncio.sleep(0.01)
         assert await count(bot, model, model.status != "done") == 0
         assert await count(bot, model, model.attempts != 1) == 0
+
+
+async def test_messages_queued_behind_one_in_flight_follow_it_without_waiting_for_a_poll(start_bot) -> None:  # type: ignore[no-untyped-def]
+    """Only the head of a customer's queue is handed over; the next ones are claimed as soon as it is done,
+    not at the next poll (set to a minute here, so a missed wake-up would show)."""
+    bot: Bot = await start_bot(run_workers=True, worker={"poll_interval_s": 60})
+    for text in ("你好", "谢谢", "这个怎么卖"):
+        await bot.simulator.oa_says(bot.url, "oQueued", text)
+    for _ in range(500):
+        if len(bot.replies_to("oQueued")) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert [reply.text for reply in bot.replies_to("oQueued")] == [GREETING, "不客气，随时为您服务～", ASK_PRODUCT]
