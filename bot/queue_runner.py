@@ -51,6 +51,7 @@ class QueueRunner(Generic[Item]):
         self._running = 0  # the loop and drains under way: while none is, nothing is handed over
         self._more = True  # claimable work may be waiting: finishing an item then looks for the next
         self._wakes = 0  # how often wake() was called: a claim compares it before and after
+        self._backlog = False  # the last claim left queue heads for want of room: older work goes first
         self.last_error: str | None = None
         self._handed_over = metrics.HANDED_OVER.labels(name)
 
@@ -85,21 +86,26 @@ class QueueRunner(Generic[Item]):
                 pass
 
     async def claim_and_start(self) -> int:
-        free = self.room()
+        free = self._free()
         if free <= 0:
             return 0
         wakes = self._wakes
         async with self.sessions() as session:
-            items, left = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
-        self._more = left or self._wakes != wakes  # work stored during the claim may not have been seen by it
-        self.start(items)
-        return len(items)
+            claimed = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
+        self._more = claimed.left_behind or self._wakes != wakes  # what was stored during the claim is unseen
+        self._backlog = claimed.heads_left
+        self.start(claimed.items)
+        return len(claimed.items)
 
-    def room(self, ending: int = 0) -> int:
-        """How many more items this runner may take on now (`ending`: the caller's own, about to end)."""
+    def _free(self, ending: int = 0) -> int:
         if self._stopping or not self._running or asyncio.get_running_loop().time() < self.paused_until:
             return 0
         return max(self.concurrency - len(self.in_flight) + ending, 0)
+
+    def room(self, ending: int = 0) -> int:
+        """How many of the items it stores a caller may hand to this runner now (`ending`: the caller's own
+        item, about to end). None while older work waits: new work then queues behind it, in order."""
+        return 0 if self._backlog else self._free(ending)
 
     async def claim_stored(self, session: AsyncSession, dedup_keys: Collection[str], ending: int = 0) -> list[Item]:
         """In the transaction that stores them: claim for this runner as many of the new items as it has room

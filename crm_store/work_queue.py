@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import DateTime, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.engine import CursorResult
@@ -123,17 +123,23 @@ def _claim_values(claim_ttl_s: float, now: datetime) -> dict[str, Any]:
     return {"token": uuid.uuid4().hex, "until": now + timedelta(seconds=claim_ttl_s)}
 
 
+@dataclass(frozen=True)
+class Claimed(Generic[Item]):
+    """What a claim took, and what it left: ready items behind an unfinished head of their queue or past the
+    limit (finishing one may free another), and among those, heads that only the limit kept out (a backlog)."""
+
+    items: list[Item]
+    left_behind: bool = False
+    heads_left: bool = False
+
+
 async def claim(session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float) -> list[Item]:
     """Claim up to `limit` queue heads; commits, so the claim is visible to other workers."""
-    items, _ = await claim_heads(session, model, limit, claim_ttl_s)
-    return items
+    return (await claim_heads(session, model, limit, claim_ttl_s)).items
 
 
-async def claim_heads(
-    session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float
-) -> tuple[list[Item], bool]:
-    """Claim up to `limit` queue heads and commit; also whether ready items were left (behind an unfinished
-    head of their queue, or past the limit), so the caller knows that finishing one may free another.
+async def claim_heads(session: AsyncSession, model: type[Item], limit: int, claim_ttl_s: float) -> Claimed[Item]:
+    """Claim up to `limit` queue heads and commit; with what was left.
 
     Three short, index-only steps rather than one anti-join, so the plan stays cheap
     whatever the table's statistics say: ready candidates in id order (skipping rows other
@@ -149,16 +155,17 @@ async def claim_heads(
             found += 1
     if not candidates:
         await session.commit()
-        return [], False
+        return Claimed([])
     heads = await session.execute(statements.heads, {"keys": list(candidates)})
-    ids = sorted(candidates[key] for key, head in heads.all() if head == candidates[key])[:limit]
-    if not ids:
+    ready_heads = sorted(candidates[key] for key, head in heads.all() if head == candidates[key])
+    if not ready_heads:
         await session.commit()
-        return [], True
-    claimed = await session.execute(statements.claim, {"ids": ids, "now": now, **_claim_values(claim_ttl_s, now)})
+        return Claimed([], left_behind=True)
+    claimed = await session.execute(statements.claim, {"ids": ready_heads[:limit], "now": now,
+                                                       **_claim_values(claim_ttl_s, now)})
     items = sorted(claimed.scalars().all(), key=lambda item: item.id)
     await session.commit()
-    return items, found > len(items)
+    return Claimed(items, found > len(items), len(ready_heads) > limit)
 
 
 async def claim_stored(
