@@ -49,9 +49,12 @@ class QueueRunner(Generic[Item]):
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = 0  # the loop and drains under way: while none is, nothing is handed over
-        self._more = True  # claimable work may be waiting: finishing an item then looks for the next
+        # What finishing an item should look for next (else the poll finds work of other processes):
+        self._more = True  # work was stored that no claim has looked at yet
         self._wakes = 0  # how often wake() was called: a claim compares it before and after
+        self._blocked: frozenset[str] = frozenset()  # queues whose ready items wait behind an unfinished head
         self._backlog = False  # the last claim left queue heads for want of room: older work goes first
+        self._queue_of: dict[asyncio.Task[None], str] = {}
         self.last_error: str | None = None
         self._handed_over = metrics.HANDED_OVER.labels(name)
 
@@ -78,7 +81,7 @@ class QueueRunner(Generic[Item]):
             except Exception as exc:  # noqa: BLE001 - the store may be briefly down; keep the loop alive
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("%s.claim.failed", self.name)
-            if claimed and self._more and len(self.in_flight) < self.concurrency:
+            if claimed and (self._more or self._backlog) and len(self.in_flight) < self.concurrency:
                 continue
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
@@ -92,8 +95,8 @@ class QueueRunner(Generic[Item]):
         wakes = self._wakes
         async with self.sessions() as session:
             claimed = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
-        self._more = claimed.left_behind or self._wakes != wakes  # what was stored during the claim is unseen
-        self._backlog = claimed.heads_left
+        self._more = self._wakes != wakes  # what was stored during the claim may be unseen by it
+        self._blocked, self._backlog = claimed.blocked, claimed.heads_left
         self.start(claimed.items)
         return len(claimed.items)
 
@@ -122,6 +125,7 @@ class QueueRunner(Generic[Item]):
         for item in items:
             task = asyncio.create_task(self._run_one(item), name=f"{self.name}-{item.id}")
             self.in_flight.add(task)
+            self._queue_of[task] = item.queue_key
             task.add_done_callback(self._done)
 
     def pause(self, seconds: float) -> None:
@@ -136,9 +140,11 @@ class QueueRunner(Generic[Item]):
             log.exception("%s.item.crashed id=%s", self.name, item.id)
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        """A slot is free: claim again if work was left waiting (handed-over work leaves none behind)."""
+        """A slot is free: claim again when that can find something here, namely work stored since the last
+        claim, a backlog, or items queued behind the one that just finished. Not after every item."""
         self.in_flight.discard(task)
-        if self._more:
+        queue_key = self._queue_of.pop(task, "")
+        if self._more or self._backlog or queue_key in self._blocked:
             self._wake.set()
 
     async def drain(self, rounds: int = 1000) -> None:
@@ -147,10 +153,10 @@ class QueueRunner(Generic[Item]):
         try:
             for _ in range(rounds):
                 started = await self.claim_and_start()
-                if self.in_flight:
-                    await asyncio.gather(*list(self.in_flight), return_exceptions=True)
-                elif not started:
+                if not started and not self.in_flight:
                     return
+                while self.in_flight:  # and what they hand over on the way
+                    await asyncio.gather(*list(self.in_flight), return_exceptions=True)
         finally:
             self._running -= 1
 

@@ -176,16 +176,6 @@ def _duplicate_key(model: type[CustomerTag] | type[IntentCount]) -> Any:
     return CustomerTag.tag_id if model is CustomerTag else IntentCount.intent
 
 
-async def record(session: AsyncSession, customer_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
-    """Add an event to the customer's timeline (in the caller's transaction). In a turn (`hold_timeline`)
-    the row waits with the turn's others, to be written with them by `write_timeline`."""
-    held = session.info.get(HELD_TIMELINE)
-    if held is not None:
-        held.append(HeldEvent(customer_id, kind, data if data is not None else {}))
-    else:
-        session.add(TimelineEvent(customer_id=customer_id, kind=kind, data=data or {}))
-
-
 # A turn records several timeline rows (the message, tags, a stage, notes, replies): held in the session
 # and written in one INSERT at its end, in the order recorded, instead of one flush each.
 HELD_TIMELINE = "scrm.held_timeline"
@@ -196,6 +186,16 @@ class HeldEvent:
     customer_id: int
     kind: str
     data: dict[str, Any]
+
+
+async def record(session: AsyncSession, customer_id: int, kind: str, data: dict[str, Any] | None = None) -> None:
+    """Add an event to the customer's timeline (in the caller's transaction). In a turn (`hold_timeline`)
+    the row waits with the turn's others, to be written with them by `write_timeline`."""
+    held = session.info.get(HELD_TIMELINE)
+    if held is not None:
+        held.append(HeldEvent(customer_id, kind, data if data is not None else {}))
+    else:
+        session.add(TimelineEvent(customer_id=customer_id, kind=kind, data=data or {}))
 
 
 def hold_timeline(session: AsyncSession) -> None:

@@ -125,11 +125,11 @@ def _claim_values(claim_ttl_s: float, now: datetime) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Claimed(Generic[Item]):
-    """What a claim took, and what it left: ready items behind an unfinished head of their queue or past the
-    limit (finishing one may free another), and among those, heads that only the limit kept out (a backlog)."""
+    """What a claim took, and what it left: the queues whose ready items wait behind an unfinished head
+    (finishing that head frees them), and whether queue heads were left only for want of room (a backlog)."""
 
     items: list[Item]
-    left_behind: bool = False
+    blocked: frozenset[str] = frozenset()
     heads_left: bool = False
 
 
@@ -148,24 +148,22 @@ async def claim_heads(session: AsyncSession, model: type[Item], limit: int, clai
     """
     now, statements = utcnow(), _statements(model)
     candidates: dict[str, int] = {}
-    found = 0
     for statement, rows in ((statements.abandoned, limit), (statements.ready, limit * CANDIDATE_WINDOW)):
         for item_id, queue_key in (await session.execute(statement, {"now": now, "limit": rows})).all():
             candidates[queue_key] = min(item_id, candidates.get(queue_key, item_id))
-            found += 1
     if not candidates:
         await session.commit()
         return Claimed([])
-    heads = await session.execute(statements.heads, {"keys": list(candidates)})
-    ready_heads = sorted(candidates[key] for key, head in heads.all() if head == candidates[key])
-    if not ready_heads:
-        await session.commit()
-        return Claimed([], left_behind=True)
-    claimed = await session.execute(statements.claim, {"ids": ready_heads[:limit], "now": now,
-                                                       **_claim_values(claim_ttl_s, now)})
-    items = sorted(claimed.scalars().all(), key=lambda item: item.id)
+    heads = dict((await session.execute(statements.heads, {"keys": list(candidates)})).tuples().all())
+    ready_heads = sorted(candidates[key] for key, head in heads.items() if head == candidates[key])
+    blocked = frozenset(key for key, head in heads.items() if head != candidates[key])
+    items: list[Item] = []
+    if ready_heads:
+        claimed = await session.execute(statements.claim, {"ids": ready_heads[:limit], "now": now,
+                                                           **_claim_values(claim_ttl_s, now)})
+        items = sorted(claimed.scalars().all(), key=lambda item: item.id)
     await session.commit()
-    return Claimed(items, found > len(items), len(ready_heads) > limit)
+    return Claimed(items, blocked, len(ready_heads) > limit)
 
 
 async def claim_stored(

@@ -14,7 +14,7 @@ from sqlalchemy import event
 from tests.bot.conftest import Bot
 
 # (statements, transactions) of the worker's part of one turn, per store.
-KF_BUDGET = {"sqlite": (24, 5), "postgres": (21, 6)}
+KF_BUDGET = {"sqlite": (24, 5), "postgres": (19, 5)}
 OA_BUDGET = {"sqlite": (16, 3), "postgres": (13, 3)}
 
 
