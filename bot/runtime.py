@@ -71,7 +71,9 @@ class Runtime:
     ) -> Runtime:
         """`pipeline` replaces the assembled one (tests of the machinery around a turn); without it the
         domain is assembled from settings once, and every part that runs a turn gets the same one."""
-        engine = create_engine(settings.store.url, settings.store.echo)
+        worker_settings = settings.worker  # a turn holds its connection while Rasa answers: one each, and spare
+        pool_size = max(10, worker_settings.inbox_concurrency + worker_settings.outbox_concurrency + 4)
+        engine = create_engine(settings.store.url, settings.store.echo, pool_size)
         sessions = session_factory(engine)
         state = open_shared_state(settings.redis.url or None)
         http = aiohttp.ClientSession()
@@ -83,7 +85,6 @@ class Runtime:
             token=managed_rasa.token if managed_rasa else None,
         )
         await nlu.start()
-        worker_settings = settings.worker
         waker = growth_jobs = handoff_jobs = rep_commands = nurture = domain = None
         if pipeline is None:
             if settings.flows.publish_on_start:

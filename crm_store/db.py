@@ -9,8 +9,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def create_engine(url: str, echo: bool = False) -> AsyncEngine:
-    """An async engine. SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE.
+def create_engine(url: str, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
+    """An async engine. SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE; PostgreSQL a pool of
+    `pool_size` connections (and as many again at a peak).
 
     SQLite's default deferred transactions fail at once with "database is locked" when two
     readers both try to become writers; taking the write lock at BEGIN makes them wait
@@ -25,7 +26,7 @@ def create_engine(url: str, echo: bool = False) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

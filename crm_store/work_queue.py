@@ -148,15 +148,18 @@ async def claim_heads(session: AsyncSession, model: type[Item], limit: int, clai
     """
     now, statements = utcnow(), _statements(model)
     candidates: dict[str, int] = {}
+    followed: set[str] = set()  # queues with more than one ready item: the later ones wait for the first
     for statement, rows in ((statements.abandoned, limit), (statements.ready, limit * CANDIDATE_WINDOW)):
         for item_id, queue_key in (await session.execute(statement, {"now": now, "limit": rows})).all():
+            if queue_key in candidates:
+                followed.add(queue_key)
             candidates[queue_key] = min(item_id, candidates.get(queue_key, item_id))
     if not candidates:
         await session.commit()
         return Claimed([])
     heads = dict((await session.execute(statements.heads, {"keys": list(candidates)})).tuples().all())
     ready_heads = sorted(candidates[key] for key, head in heads.items() if head == candidates[key])
-    blocked = frozenset(key for key, head in heads.items() if head != candidates[key])
+    blocked = frozenset(followed | {key for key, head in heads.items() if head != candidates[key]})
     items: list[Item] = []
     if ready_heads:
         claimed = await session.execute(statements.claim, {"ids": ready_heads[:limit], "now": now,
