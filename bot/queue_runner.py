@@ -107,7 +107,7 @@ class QueueRunner(Generic[Item]):
 
     def room(self, ending: int = 0) -> int:
         """How many of the items it stores a caller may hand to this runner now (`ending`: the caller's own
-        item, about to end). None while older work waits: new work then queues behind it, in order."""
+        item, about to end). Nothing while older work waits: new work then queues behind it, in order."""
         return 0 if self._backlog else self._free(ending)
 
     async def claim_stored(self, session: AsyncSession, dedup_keys: Collection[str], ending: int = 0) -> list[Item]:
