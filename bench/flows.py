@@ -71,6 +71,7 @@ from bot.sandbox.fake_wechat import FakeWeChat  # noqa: E402
 from nlu.training_data import load_project  # noqa: E402
 
 REDIS = os.environ.get("SCRM_BENCH_FLOWS_REDIS", "redis://127.0.0.1:6379/13")
+STORE_COUNTERS = {"scrm_store_statements_total": "statements", "scrm_store_transactions_total": "transactions"}
 KF = "wkFlowsKf"
 GOAL_RATIO, GOAL_P95_S = 3.0, 1.0
 
@@ -313,6 +314,8 @@ async def nlu_sources(base: str, http: aiohttp.ClientSession) -> Counter[str]:
                 counts[f"fallback_{sample.labels['reason']}"] += int(sample.value)
             elif sample.name == "scrm_nlu_not_needed_total":
                 counts[f"not_needed_{sample.labels['reason']}"] += int(sample.value)
+            elif sample.name in STORE_COUNTERS:
+                counts[STORE_COUNTERS[sample.name]] += int(sample.value)
     return counts
 
 
@@ -325,6 +328,8 @@ async def bot_side(customers: list[Customer], warmup: list[Customer], args: argp
             before, cpu_before = await nlu_sources(bot.base, http), cpu_seconds(bot.pid)
             stats = await play(customers, args.concurrency, say, args.turn_timeout)
             after, cpu_after = await nlu_sources(bot.base, http), cpu_seconds(bot.pid)
+    store = {key: after.pop(key, 0) - before.pop(key, 0) for key in STORE_COUNTERS.values()}
+    stats["store_per_turn"] = {key: round(value / max(stats["turns"], 1), 1) for key, value in store.items()}
     stats["nlu"] = {key: after[key] - before[key] for key in sorted(after) if after[key] - before[key]}
     stats["cpu_ms_per_turn"] = cpu_per_turn(cpu_before, cpu_after, stats["turns"])
     return stats
@@ -427,6 +432,9 @@ def print_report(report: dict[str, Any]) -> None:
           f"{rasa_cpu['own'] + rasa_cpu['children']:.1f} ms; this driver {bot_cpu['driver']} ms (bot, fake API "
           f"included) and {rasa_cpu['driver']} ms (Rasa); PostgreSQL and Redis not counted")
     nlu = report["bot"]["nlu"]
+    store = report["bot"]["store_per_turn"]
+    print(f"store per turn, end to end (callbacks, kf pulls, turns, sends, claims; both channels): "
+          f"{store['statements']} statements in {store['transactions']} transactions")
     print("bot NLU answers during the run: " + ", ".join(f"{k} {v}" for k, v in nlu.items())
           + f"; turns that needed a Rasa parse: {nlu.get('rasa', 0)} of {report['bot']['turns']}")
     print(f"machine: {report['cpus']} CPUs, load average before the run {report['load_average_before']}")

@@ -31,7 +31,7 @@ from bot.webhook_sender import WebhookSender
 from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
 from bot.worker import InboxWorker, TurnPipeline
 from core.shared_state import SharedState, open_shared_state
-from crm_store.db import create_engine, session_factory
+from crm_store.db import count_store_work, create_engine, session_factory
 from crm_store.models import InboxItem, OutboxItem
 from crm_store.work_queue import due_count
 from flows.assembly import Domain, assemble
@@ -74,6 +74,7 @@ class Runtime:
         worker_settings = settings.worker  # a turn holds its connection while Rasa answers: one each, and spare
         pool_size = max(10, worker_settings.inbox_concurrency + worker_settings.outbox_concurrency + 4)
         engine = create_engine(settings.store.url, settings.store.echo, pool_size)
+        count_store_work(engine)
         sessions = session_factory(engine)
         state = open_shared_state(settings.redis.url or None)
         http = aiohttp.ClientSession()

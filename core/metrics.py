@@ -12,6 +12,8 @@ CALLBACK_SECONDS = Histogram(
 INBOX_STORED = Counter("scrm_inbox_stored_total", "Events stored in the inbox (duplicates excluded)", ["channel"])
 INBOX_DUPLICATES = Counter("scrm_inbox_duplicates_total", "Retried or re-pulled events ignored", ["channel"])
 INBOX_PROCESSED = Counter("scrm_inbox_processed_total", "Inbox items handled", ["kind", "outcome"])
+STORE_STATEMENTS = Counter("scrm_store_statements_total", "SQL statements sent to the store")
+STORE_TRANSACTIONS = Counter("scrm_store_transactions_total", "Transactions begun on the store")
 HANDED_OVER = Counter("scrm_queue_handed_over_total",
                       "Items claimed in the transaction that stored them and handed to this process's runner "
                       "(a callback, a kf pull, a turn's replies), not claimed again", ["queue"])

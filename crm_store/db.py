@@ -8,6 +8,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from core import metrics
+
 
 def create_engine(url: str, echo: bool = False, pool_size: int = 10) -> AsyncEngine:
     """An async engine. SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE; PostgreSQL a pool of
@@ -40,6 +42,12 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
 
 def _sqlite_begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def count_store_work(engine: AsyncEngine) -> None:
+    """Count statements and transactions in /metrics (scrm_store_*): what a turn costs the store, live."""
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *_: metrics.STORE_STATEMENTS.inc())
+    event.listen(engine.sync_engine, "begin", lambda *_: metrics.STORE_TRANSACTIONS.inc())
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
