@@ -195,8 +195,8 @@ async def test_a_handoff_pauses_sends_and_unsubscribed_customers_get_no_marketin
 async def test_two_dispatchers_at_once_send_each_step_exactly_once(bot: Bot, tmp_path: Path) -> None:
     if bot.settings.store.url.startswith("sqlite"):
         return  # one writer at a time on SQLite: nothing races
-    plain = "sequence: plain\nsteps:\n  - {id: hello, say: 你好呀}\n  - {id: again, after: 1d, say: 又见面了}\n"
-    await published(bot, tmp_path, plain=plain)
+    plain = "sequence: plain\nsteps:\n  - {id: hello, say: 你好呀}\n  - {id: again, after_previous: 1d, say: 又见面了}\n"
+    await published(bot, tmp_path, plain=plain)  # the second step a day after the first: never due at `noon`
     async with bot.runtime.sessions() as session, session.begin():
         sequence, state = await SequenceCatalog().current(session, "plain")
         reach = {"channel": "kf", "sender": "x", "account": "wk", "at": int(utcnow().timestamp())}
