@@ -12,10 +12,17 @@ workspace (`add_kf_servicer_text`: an origin-5 message in `kf/sync_msg`, shown t
 customer) or ends the session there (`end_kf_session`: state 4 and a `session_status_change`
 event, change_type 3); the customer's next message opens a new session (0). Every move is
 kept in `kf_state_moves`. Handlers answer with the reply's fields or raise `ApiRefusal`.
+
+`kf/sync_msg` cursors are opaque, as WeCom's are, and mark a point in time (the message's
+arrival, in nanoseconds), not an index into this process's list: a bot that saved a cursor
+from an earlier run of the sandbox goes on reading from it after a restart.
 """
 
 from __future__ import annotations
 
+import base64
+import bisect
+import binascii
 import itertools
 import re
 import secrets
@@ -86,6 +93,8 @@ class FakeKf:
 
     def __init__(self) -> None:
         self.kf_messages: dict[str, list[dict[str, Any]]] = {}  # open_kfid -> what kf/sync_msg returns
+        self._kf_positions: dict[str, list[int]] = {}  # open_kfid -> each message's point in time (ns)
+        self._last_position = 0
         self.sent: list[Sent] = []  # what the bot sent, in order
         self.servicer_sent: list[Sent] = []  # what reps wrote to kf customers in the workspace
         self.seen_msgids: set[str] = set()
@@ -96,6 +105,7 @@ class FakeKf:
         self.kf_state_moves: list[KfMove] = []
         self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
         self._ids = itertools.count(1)
+        self._run = secrets.token_hex(3)  # this run of the fake: its msgids never repeat an earlier run's
 
     # --- what a test or the sandbox page does --------------------------------------------
     def add_kf_text(self, open_kfid: str, external_userid: str, text: str, menu_id: str = "") -> str:
@@ -171,12 +181,15 @@ class FakeKf:
         }
 
     async def kf_sync_msg(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        messages = self.kf_messages.get(str(body.get("open_kfid", "")), [])
-        start = int(body.get("cursor") or 0)
+        open_kfid = str(body.get("open_kfid", ""))
+        messages, positions = self.kf_messages.get(open_kfid, []), self._kf_positions.get(open_kfid, [])
+        after = _position(str(body.get("cursor") or ""))
+        start = bisect.bisect_right(positions, after)
         limit = min(self.page_limit, int(body.get("limit") or 1000))
         page = messages[start : start + limit]
         end = start + len(page)
-        return {"next_cursor": str(end), "has_more": int(end < len(messages)), "msg_list": page}
+        cursor = _cursor(positions[end - 1]) if page else str(body.get("cursor") or "")
+        return {"next_cursor": cursor, "has_more": int(end < len(messages)), "msg_list": page}
 
     async def kf_send_msg(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         open_kfid, user = _session_of(body, "touser")
@@ -239,10 +252,12 @@ class FakeKf:
             self.servicers.pop(key, None)
 
     def _add_kf(self, open_kfid: str, item: dict[str, Any]) -> str:
-        msgid = f"fake{next(self._ids)}"
+        msgid = f"fake{self._run}{next(self._ids)}"  # unique across runs, as WeCom's msgids are
         self.kf_messages.setdefault(open_kfid, []).append(
             {"msgid": msgid, "open_kfid": open_kfid, "send_time": int(time.time()), **item}
         )
+        self._last_position = max(self._last_position + 1, time.time_ns())
+        self._kf_positions.setdefault(open_kfid, []).append(self._last_position)
         return msgid
 
     def _deliver(self, path: str, body: dict[str, Any]) -> str:
@@ -252,6 +267,23 @@ class FakeKf:
             self.seen_msgids.add(msgid)
             self.sent.append(Sent(path, body))
         return msgid
+
+
+def _cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(position.to_bytes(8, "big")).decode().rstrip("=")
+
+
+def _position(cursor: str) -> int:
+    """The point in time a cursor marks (0: from the start); 40058 for one this fake never gave out."""
+    if not cursor:
+        return 0
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 8:
+        raise ApiRefusal(40058, "invalid cursor")  # WeCom's global code for a parameter it cannot read
+    return int.from_bytes(raw, "big")
 
 
 def _session_of(body: dict[str, Any], user_key: str) -> tuple[str, str]:
