@@ -21,8 +21,8 @@ from an earlier run of the sandbox goes on reading from it after a restart.
 from __future__ import annotations
 
 import base64
-import bisect
 import binascii
+import bisect
 import itertools
 import re
 import secrets
