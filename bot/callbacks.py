@@ -3,6 +3,8 @@
 Nothing here waits on NLU, the conversation or the WeCom API: the event is in the
 inbox before "success" goes back, and the worker takes it from there. WeChat retries
 the same callback when we are slow; the inbox's unique key turns a retry into a no-op.
+When the store cannot take an event (a restart), the answer is 503 and WeChat's retry
+brings it again: the only case where a well-formed callback is not answered "success".
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from bot.channels.base import CallbackError
 from bot.inbox import InboxWriter
 from core import metrics
 from core.events import InboundEvent
+from core.faults import FAULTS, fault_component
 
 log = logging.getLogger("scrm.callbacks")
 
-CALLBACK_OUTCOMES = ("verified", "stored", "ignored", "rejected", "malformed")
+CALLBACK_OUTCOMES = ("verified", "stored", "ignored", "rejected", "malformed", "unavailable")
 
 
 class CallbackChannel(Protocol):
@@ -66,12 +69,24 @@ class CallbackEndpoint:
         except CallbackError as exc:
             return self._refuse(exc)
         if events:
-            new = await self.inbox.store(events)
+            try:
+                new = await self.inbox.store(events)
+            except Exception as exc:
+                return self._unavailable(exc)
             self._stored.inc(new)
             self._duplicates.inc(len(events) - new)
         self._outcomes["stored" if events else "ignored"].inc()
         self._seconds.observe(time.perf_counter() - started)
         return web.Response(text="success")
+
+    def _unavailable(self, exc: Exception) -> web.Response:
+        """The store could not take the events: 503, so WeChat delivers the callback again (never lost)."""
+        component = fault_component(exc)
+        if component is None:
+            raise exc
+        self._outcomes["unavailable"].inc()
+        FAULTS.seen(component, f"callback.{self.name}", exc, retry="WeChat sends the callback again")
+        return web.Response(status=503, text=f"{component} unavailable, try again")
 
     async def _read_body(self, request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > self.max_body_bytes:

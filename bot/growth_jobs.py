@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel_rota import refresh_rotas
 from bot.delivery import write_notification
+from bot.jobs import every
 from bot.wechat_api import WeChatApi
 from core.events import Notify
 from crm_store.models import utcnow
@@ -41,9 +42,8 @@ class GrowthJobs:
         self.on_outbox = lambda: None
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        options = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
-        scheduler.add_job(self.expire_groups, "interval", seconds=self.interval_s, id="expire-groups", **options)
-        scheduler.add_job(self.refresh_rotas, "interval", seconds=ROTA_INTERVAL_S, id="refresh-rotas", **options)
+        every(scheduler, self.interval_s, "expire-groups", self.expire_groups)
+        every(scheduler, ROTA_INTERVAL_S, "refresh-rotas", self.refresh_rotas)
 
     async def expire_groups(self, now: datetime | None = None) -> int:
         """Expire every open group whose deadline is past at `now`; how many."""

@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery import write_side_effect
+from bot.jobs import every
 from crm_store.handoffs import claim_due
 from crm_store.models import as_utc, utcnow
 from flows.handoff_desk import HandoffDesk
@@ -36,8 +37,7 @@ class HandoffJobs:
         self.on_outbox = lambda: None
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        scheduler.add_job(self.run_due, "interval", seconds=self.interval_s, id="handoffs-due",
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        every(scheduler, self.interval_s, "handoffs-due", self.run_due)
 
     async def run_due(self, now: datetime | None = None) -> int:
         """Handle every handoff due at `now`; how many."""

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from bot.runtime import RUNTIME, Runtime
 from core import metrics
+from core.faults import FAULTS
 from crm_store import work_queue
 from crm_store.models import InboxItem, OutboxItem
 
@@ -25,9 +26,11 @@ async def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
             outbox = await work_queue.counts(session, OutboxItem)
             lag = await work_queue.oldest_pending_age_s(session, InboxItem)
         report["store"] = {"ok": True, "backend": runtime.engine.dialect.name}
+        if "store" in FAULTS.outages:
+            FAULTS.cleared("store")
     except Exception as exc:  # noqa: BLE001 - health reports failures, it does not raise them
         report["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        return 503, {"status": "down", **report}
+        return 503, {"status": "down", **report, "faults": FAULTS.report()}
     state_ok = await runtime.state.ping()
     report["shared_state"] = {"ok": state_ok, "backend": runtime.state.backend}
     if runtime.state.backend == "memory":
@@ -49,8 +52,11 @@ async def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
                         "last_error": runtime.outbox.last_error}
     if outbox.get("failed", 0):
         degraded.append(f"sender: {outbox['failed']} messages failed permanently (see `scrm outbox list --status failed`)")
+    faults = FAULTS.report()
+    degraded.extend(f"{fault['component']}: unavailable for {fault['down_s']} s ({fault['error']}); "
+                    f"work waits and is retried" for fault in faults)
     status = "degraded" if degraded else "ok"
-    return 200, {"status": status, "degraded": degraded, **report}
+    return 200, {"status": status, "degraded": degraded, **report, "faults": faults}
 
 
 async def healthz(request: web.Request) -> web.Response:

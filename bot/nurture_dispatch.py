@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery import OutboundCall, notify_call, queue_call
+from bot.jobs import every
 from core.sequences import Condition, NurtureSequence
 from core.templates import parse_template, render
 from crm_store.enrolments import SequenceCatalog, schedule_step
@@ -89,8 +90,7 @@ class NurtureDispatcher:
         self.on_outbox = lambda: None
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        scheduler.add_job(self.run_due, "interval", seconds=self.settings.interval_s, id="nurture-due",
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        every(scheduler, self.settings.interval_s, "nurture-due", self.run_due)
 
     async def run_due(self, now: datetime | None = None, max_batches: int | None = None) -> Outcome:
         """Handle every send due at `now` (default: the clock), a batch per transaction."""

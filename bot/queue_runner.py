@@ -20,7 +20,9 @@ from typing import Generic
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from core import metrics
+from core.faults import FAULTS, Component, fault_component
 from crm_store import work_queue
+from crm_store.models import QueueItem
 from crm_store.work_queue import Item
 
 log = logging.getLogger("scrm.queue")
@@ -79,8 +81,7 @@ class QueueRunner(Generic[Item]):
             try:
                 claimed = await self.claim_and_start()
             except Exception as exc:  # noqa: BLE001 - the store may be briefly down; keep the loop alive
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("%s.claim.failed", self.name)
+                self._failed(exc, "claim", f"every {self.poll_interval_s:g}s")
             if claimed and (self._more or self._backlog) and len(self.in_flight) < self.concurrency:
                 continue
             try:
@@ -95,6 +96,8 @@ class QueueRunner(Generic[Item]):
         wakes = self._wakes
         async with self.sessions() as session:
             claimed = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
+        if "store" in FAULTS.outages:
+            FAULTS.cleared("store")
         self._more = self._wakes != wakes  # what was stored during the claim may be unseen by it
         self._blocked, self._backlog = claimed.blocked, claimed.heads_left
         self.start(claimed.items)
@@ -136,8 +139,18 @@ class QueueRunner(Generic[Item]):
         try:
             await self.handle(item)
         except Exception as exc:  # noqa: BLE001 - one bad item must not stop the loop
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("%s.item.crashed id=%s", self.name, item.id)
+            self._failed(exc, "item", "when its claim expires", item.id)
+
+    def _failed(self, exc: Exception, place: str, retry: str, item_id: int | None = None) -> None:
+        """A store or Redis outage is one warning (core/faults.py); anything else is a bug: its traceback."""
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        component = fault_component(exc)
+        if component is not None:
+            FAULTS.seen(component, f"{self.name}.{place}", exc, retry)
+        elif item_id is None:
+            log.exception("%s.%s.failed", self.name, place)
+        else:
+            log.exception("%s.item.crashed id=%s", self.name, item_id)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         """A slot is free: claim again when that can find something here, namely work stored since the last
@@ -171,3 +184,20 @@ class QueueRunner(Generic[Item]):
             if pending:
                 log.warning("%s.stop.cancelled count=%s (they will be claimed again)", self.name, len(pending))
         log.info("%s.stopped", self.name)
+
+
+async def put_back_after_fault(sessions: async_sessionmaker[AsyncSession], item: QueueItem, component: Component,
+                               exc: Exception, place: str) -> None:
+    """An item stopped by a store or Redis outage: put back without using up an attempt, to be tried
+    again after a pause that grows with the outage; with the store itself down, its claim expires instead."""
+    delay = min(30.0, max(1.0, FAULTS.down_for_s(component) / 2))
+    FAULTS.seen(component, place, exc, retry="put back, tried again after a pause that grows with the outage")
+    reason = f"{component} unavailable: {type(exc).__name__}"
+    try:
+        async with sessions() as session, session.begin():
+            await work_queue.retry_later(session, item, delay, reason, refund=True)
+    except Exception as again:  # noqa: BLE001 - the store is down too: the claim's expiry brings it back
+        second = fault_component(again)
+        if second is None:
+            raise
+        FAULTS.seen(second, f"{place}.put_back", again, retry="when its claim expires")

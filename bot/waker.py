@@ -15,6 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery import write_effects
+from bot.jobs import every
 from bot.worker import TurnPipeline
 from core import metrics
 from core.events import InboundEvent
@@ -41,10 +42,7 @@ class Waker:
         self.on_outbox = lambda: None
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        scheduler.add_job(
-            self.wake_due, "interval", seconds=self.interval_s, id="wake-conversations",
-            max_instances=1, coalesce=True, misfire_grace_time=None,
-        )
+        every(scheduler, self.interval_s, "wake-conversations", self.wake_due)
 
     async def wake_due(self, now: datetime | None = None) -> int:
         """Wake every conversation due at `now` (default: the current time); how many were woken."""

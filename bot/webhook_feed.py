@@ -15,6 +15,7 @@ import logging
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.jobs import every
 from crm_store.webhooks import feed_batch
 
 log = logging.getLogger("scrm.webhooks")
@@ -29,8 +30,7 @@ class WebhookFeed:
         self.on_outbox = lambda: None
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
-        scheduler.add_job(self.run_due, "interval", seconds=self.interval_s, id="webhook-feed",
-                          max_instances=1, coalesce=True, misfire_grace_time=None)
+        every(scheduler, self.interval_s, "webhook-feed", self.run_due)
 
     async def run_due(self) -> int:
         """Queue deliveries for every event after the cursor; how many outbox rows."""

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.delivery import effect_key, remember_reach, write_effects, write_side_effect
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
-from bot.queue_runner import QueueRunner
+from bot.queue_runner import QueueRunner, put_back_after_fault
 from core import metrics
 from core.events import Effect, InboundEvent
+from core.faults import fault_component
 from crm_store import work_queue
 from crm_store.customer_facts import CustomerFacts, known_customer
 from crm_store.customers import (
@@ -89,7 +90,11 @@ class InboxWorker:
             log.warning("worker.claim_lost id=%s", item.id)
             return
         except Exception as exc:  # noqa: BLE001 - recorded on the item, retried with back-off
-            await self._retry_or_fail(item, exc)
+            component = fault_component(exc)
+            if component is None:
+                await self._retry_or_fail(item, exc)
+            else:
+                await put_back_after_fault(self.sessions, item, component, exc, "inbox.turn")
             return
         self.processed += 1
         metrics.INBOX_PROCESSED.labels(item.kind, "done").inc()

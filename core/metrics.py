@@ -17,6 +17,10 @@ STORE_TRANSACTIONS = Counter("scrm_store_transactions_total", "Transactions begu
 HANDED_OVER = Counter("scrm_queue_handed_over_total",
                       "Items claimed in the transaction that stored them and handed to this process's runner "
                       "(a callback, a kf pull, a turn's replies), not claimed again", ["queue"])
+INFRA_FAULTS = Counter("scrm_infra_faults_total",
+                       "Operations that met the store or Redis unavailable (a restart) and will be retried",
+                       ["component", "place"])
+INFRA_DOWN = Gauge("scrm_infra_down", "1 while this process finds the component unavailable", ["component"])
 INBOX_LAG = Gauge("scrm_inbox_lag_seconds", "Age of the oldest unprocessed inbox item")
 INBOX_BACKLOG = Gauge("scrm_inbox_backlog", "Inbox items waiting or in progress")
 OUTBOX_BACKLOG = Gauge("scrm_outbox_backlog", "Outbox items waiting or in progress")

@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
+from core.faults import FAULTS
+
 KEY_PREFIX = "scrm:"
 
 
@@ -155,30 +157,47 @@ class RedisState(SharedState):
     def _key(self, key: str) -> str:
         return self._prefix + key
 
+    @staticmethod
+    def _answered() -> None:
+        """Redis answered: an outage this process saw is over."""
+        if "redis" in FAULTS.outages:
+            FAULTS.cleared("redis")
+
     async def get(self, key: str) -> str | None:
         value = await self._redis.get(self._key(key))
+        self._answered()
         return None if value is None else str(value)
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
         px = None if ttl_s is None else max(1, int(ttl_s * 1000))
         await self._redis.set(self._key(key), value, px=px)
+        self._answered()
 
     async def set_if_absent(self, key: str, value: str, ttl_s: float) -> bool:
-        return bool(await self._redis.set(self._key(key), value, px=max(1, int(ttl_s * 1000)), nx=True))
+        stored = bool(await self._redis.set(self._key(key), value, px=max(1, int(ttl_s * 1000)), nx=True))
+        self._answered()
+        return stored
 
     async def delete(self, key: str, only_if_value: str | None = None) -> bool:
         if only_if_value is None:
-            return bool(await self._redis.delete(self._key(key)))
-        return bool(await self._delete_if_value(keys=[self._key(key)], args=[only_if_value]))
+            deleted = bool(await self._redis.delete(self._key(key)))
+        else:
+            deleted = bool(await self._delete_if_value(keys=[self._key(key)], args=[only_if_value]))
+        self._answered()
+        return deleted
 
     async def incr(self, key: str, ttl_s: float) -> int:
-        return int(await self._incr_with_ttl(keys=[self._key(key)], args=[max(1, int(ttl_s * 1000))]))
+        value = int(await self._incr_with_ttl(keys=[self._key(key)], args=[max(1, int(ttl_s * 1000))]))
+        self._answered()
+        return value
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
+            answered = bool(await self._redis.ping())
         except Exception:  # noqa: BLE001 - health reports, it does not raise
             return False
+        self._answered()
+        return answered
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -210,8 +210,10 @@ async def finish_covered(session: AsyncSession, item: QueueItem, up_to_id: int, 
     return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
-async def retry_later(session: AsyncSession, item: QueueItem, delay_s: float, error: str) -> None:
-    """Put a claimed item back, to be tried again after `delay_s`."""
+async def retry_later(session: AsyncSession, item: QueueItem, delay_s: float, error: str,
+                      refund: bool = False) -> None:
+    """Put a claimed item back, to be tried again after `delay_s`; with `refund` the attempt does not
+    count (our own infrastructure stopped it, not the item)."""
     model = type(item)
     await session.execute(
         update(model)
@@ -221,6 +223,7 @@ async def retry_later(session: AsyncSession, item: QueueItem, delay_s: float, er
             available_at=utcnow() + timedelta(seconds=delay_s),
             last_error=error,
             claimed_until=None,
+            **({"attempts": model.attempts - 1} if refund else {}),
         )
         .execution_options(synchronize_session=False)
     )

@@ -9,7 +9,8 @@
     ├── 413 too_large       the body is over the limit
     ├── 415 unsupported_media_type
     ├── 422 invalid         the body or query does not match the schema (unknown fields included)
-    └── 429 rate_limited    too many requests for this key (Retry-After says when to come back)
+    ├── 429 rate_limited    too many requests for this key (Retry-After says when to come back)
+    └── 503 unavailable     the store or Redis is restarting: nothing was changed, try again
 
 Everything else is a 500 `internal`, logged with its traceback, never with details.
 """
@@ -24,13 +25,17 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from core.faults import FAULTS, fault_component
+
 log = logging.getLogger("scrm.api")
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_DEPTH = 32
 CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-         409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited"}
+         409: "conflict", 413: "too_large", 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+         503: "unavailable"}
+RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -65,7 +70,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error_response(exc.status, CODES.get(exc.status, "error"), exc.reason, None, headers)
-    except Exception:
+    except Exception as exc:
+        component = fault_component(exc)
+        if component is not None:  # the transaction did not commit: nothing half-written
+            FAULTS.seen(component, "api", exc, retry="the client's")
+            return error_response(503, "unavailable", f"{component} unavailable; nothing was changed, try again",
+                                  None, {"Retry-After": str(RETRY_AFTER_S)})
         log.exception("api.request.failed %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error; it has been logged")
 
