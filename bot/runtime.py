@@ -112,7 +112,7 @@ class Runtime:
         )
         webhooks = WebhookSender(sessions, http, worker_settings.max_attempts, worker_settings.retry_base_s)
         sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s,
-                              webhooks=webhooks)
+                              webhooks=webhooks, finish_within_s=worker_settings.claim_ttl_s / 2)
         webhook_feed = WebhookFeed(sessions, settings.flows.wake_interval_s)
         inbox = QueueRunner(
             "inbox", sessions, InboxItem, worker.process, worker_settings.inbox_concurrency,

@@ -4,12 +4,16 @@ A row whose claim expired while it was being sent (the process died mid-call) is
 again only when the call is idempotent (kf `msgid`, single-use codes, the app's
 duplicate check); an OA customer-service message is then marked failed as "outcome
 unknown" instead: a possibly missing message is visible to admins, a double one is not
-undoable.
+undoable. That mark is written only when the request is about to leave (the token in
+hand): whatever fails before — Redis down, no token, the connection refused — left
+nothing at WeChat, so the row is put back and tried again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -17,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.corp_tags import CorpTags
 from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
+from bot.queue_runner import put_back_after_fault
 from bot.webhook_sender import WebhookSender
-from bot.wechat_api import RATE_LIMITED, ApiError, WeChatApi
+from bot.wechat_api import RATE_LIMITED, ApiError, NotSent, WeChatApi
 from core import metrics
+from core.faults import FAULTS, fault_component
 from crm_store import work_queue
 from crm_store.models import OutboxItem
 from crm_store.webhooks import WEBHOOK_POST
@@ -42,8 +48,10 @@ class OutboxSender:
         retry_base_s: float,
         rate_limit_pause_s: float = 2.0,
         webhooks: WebhookSender | None = None,
+        finish_within_s: float = 30.0,
     ) -> None:
         self.sessions = sessions
+        self.finish_within_s = finish_within_s  # recording an outcome is retried this long (under the claim ttl)
         self.apis = apis
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
@@ -60,28 +68,34 @@ class OutboxSender:
             await self._send_webhook(item)
             return
         credential, path, idempotent = OUTBOX_KINDS[item.kind]
-        if not idempotent:
-            if item.last_error == CALL_STARTED:
-                await self._close(item, "failed", "outcome unknown: the sender stopped during the call; not resent")
-                return
-            async with self.sessions() as session, session.begin():
-                await work_queue.note(session, item, CALL_STARTED)
+        if not idempotent and item.last_error == CALL_STARTED:
+            await self._close(item, "failed", "outcome unknown: the sender stopped during the call; not resent")
+            return
         late, body = too_late(item.payload)
         if late:
             metrics.SEND_ERRORS.labels(item.kind, "late").inc()
             log.warning("sender.too_late id=%s kind=%s", item.id, item.kind)
             await self._close(item, "failed", "not sent: the welcome code's 20 seconds had passed")
             return
+
+        async def leaving() -> None:  # the last moment before the request leaves: from here it may arrive
+            async with self.sessions() as session, session.begin():
+                await work_queue.note(session, item, CALL_STARTED)
+
         try:
             payload: dict[str, Any] | None = body
             if item.kind in self.prepare:
                 payload = await self.prepare[item.kind](body)
             if payload is not None:
                 body = {key: value for key, value in payload.items() if key != FAREWELL}
-                response = await self.apis[credential].post(path, with_idempotency_key(item.kind, body, item.id))
+                response = await self.apis[credential].post(path, with_idempotency_key(item.kind, body, item.id),
+                                                            None if idempotent else leaving)
                 second = follow_up(item.kind, payload, response)
                 if second is not None:
                     await self._follow_up(item, credential, *second)
+        except NotSent as exc:
+            await self._not_sent(item, exc)
+            return
         except ApiError as exc:
             if item.kind == "kf.service_state_trans" and exc.errcode == SAME_STATE and item.attempts > 1:
                 await self._close(item, "done", "already moved (resent after an interrupted attempt)")
@@ -111,6 +125,15 @@ class OutboxSender:
             metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()
             log.warning("sender.follow_up_failed id=%s path=%s %s", item.id, path, exc)
 
+    async def _not_sent(self, item: OutboxItem, exc: NotSent) -> None:
+        """Nothing left for WeChat. Our shared state down: put back without using up an attempt;
+        otherwise (the connection refused) an ordinary retry."""
+        if exc.component == "redis":
+            metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()
+            await put_back_after_fault(self.sessions, item, "redis", exc, "outbox.token")
+            return
+        await self._failed(item, exc)
+
     async def _failed(self, item: OutboxItem, exc: ApiError) -> None:
         metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()
         reason = f"errcode {exc.errcode}: {exc.errmsg}"
@@ -119,15 +142,31 @@ class OutboxSender:
         if exc.retryable and item.attempts < self.max_attempts:
             delay = work_queue.backoff_s(item.attempts, self.retry_base_s)
             log.warning("sender.retry id=%s kind=%s %s in %.0fs", item.id, item.kind, reason, delay)
-            async with self.sessions() as session, session.begin():
-                await work_queue.retry_later(session, item, delay, reason)
+            await self._record(lambda session: work_queue.retry_later(session, item, delay, reason))
             return
         log.error("sender.failed id=%s kind=%s %s", item.id, item.kind, reason)
         await self._close(item, "failed", reason)
 
     async def _close(self, item: OutboxItem, status: str, error: str | None) -> None:
         try:
-            async with self.sessions() as session, session.begin():
-                await work_queue.finish(session, item, status, error)
+            await self._record(lambda session: work_queue.finish(session, item, status, error))
         except ClaimLost:
             log.warning("sender.claim_lost id=%s", item.id)
+
+    async def _record(self, write: Callable[[AsyncSession], Awaitable[None]]) -> None:
+        """Write an outcome. The call has been made (or refused): while the store is restarting, try
+        again for as long as the claim lasts rather than leave the row looking interrupted mid-call."""
+        deadline = time.monotonic() + self.finish_within_s
+        while True:
+            try:
+                async with self.sessions() as session, session.begin():
+                    await write(session)
+                return
+            except ClaimLost:
+                raise
+            except Exception as exc:
+                component = fault_component(exc)
+                if component is None or time.monotonic() >= deadline:
+                    raise
+                FAULTS.seen(component, "outbox.finish", exc, retry="each second while the claim lasts")
+                await asyncio.sleep(1.0)

@@ -7,10 +7,14 @@ Each instance also holds it in memory for up to TOKEN_HELD_S, so a call does not
 shared state first: a token another instance refreshed in the meantime is seen within that
 time, or at once when WeChat rejects the held one.
 
+When the shared state cannot be read (Redis restarting), a call uses the token this process
+holds while it is certainly still valid; without one the call is not made at all (`NotSent`).
+
 The exception tree:
 
     ApiError                 WeChat answered with an errcode, or did not answer usably
     ├── RetryableApiError    45009 (slow down), -1 (busy), 5xx, timeouts: try again later
+    │   └── NotSent          the request never left: no token (shared state down), connection refused
     └── (ApiError itself)    anything else: permanent, recorded with the reason
 """
 
@@ -19,12 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from core.shared_state import SharedState
+from core.faults import FAULTS, fault_component
+from core.shared_state import LockNotAcquired, SharedState
 
 log = logging.getLogger("scrm.api")
 
@@ -33,6 +39,11 @@ RATE_LIMITED = 45009
 RETRYABLE = {-1, RATE_LIMITED, 45033}
 TOKEN_MARGIN_S = 300
 TOKEN_HELD_S = 60.0  # how long a process uses its copy of the shared token before reading it again
+NOT_CONNECTED, NO_TOKEN = -4, -5  # our codes for a request that never left
+REDIS_RETRY_S = 5.0  # while the shared state is down, how often a held token's holder looks again
+
+# Called once, just before a request leaves: after it, the outcome may be unknown.
+Leaving = Callable[[], Awaitable[None]]
 
 
 class ApiError(Exception):
@@ -55,6 +66,18 @@ class ApiError(Exception):
 
 class RetryableApiError(ApiError):
     retryable = True
+
+
+class NotSent(RetryableApiError):
+    """The request never left this process, so it certainly had no effect: try again later."""
+
+    def __init__(self, errcode: int, errmsg: str, path: str = "", component: str = "") -> None:
+        super().__init__(errcode, errmsg, path)
+        self.component = component  # "redis" when our shared state was the cause
+
+    @property
+    def refused(self) -> bool:
+        return True
 
 
 @dataclass(frozen=True)
@@ -88,22 +111,27 @@ class WeChatApi:
         self.credential = credential
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.token_fetches = 0
-        self._held: tuple[str, float] = ("", 0.0)  # this process's copy of the token, and until when it holds
+        # This process's copy of the token: until when it is used without reading the shared state,
+        # and until when it is certainly valid (used instead of the shared state when that is down).
+        self._held: tuple[str, float, float] = ("", 0.0, 0.0)
 
     @property
     def _token_key(self) -> str:
         return f"token:{self.credential.name}"
 
-    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._call("POST", path, body, {})
+    async def post(self, path: str, body: dict[str, Any], leaving: Leaving | None = None) -> dict[str, Any]:
+        """POST `body`; `leaving` is awaited once, when the token is in hand and the request is about to leave."""
+        return await self._call("POST", path, body, {}, leaving)
 
     async def get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
-        return await self._call("GET", path, None, params)
+        return await self._call("GET", path, None, params, None)
 
     async def _call(
-        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str]
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str], leaving: Leaving | None
     ) -> dict[str, Any]:
         token = await self.access_token()
+        if leaving is not None:
+            await leaving()
         try:
             return await self._request(method, path, body, {**params, "access_token": token})
         except ApiError as exc:
@@ -114,29 +142,53 @@ class WeChatApi:
             return await self._request(method, path, body, {**params, "access_token": token})
 
     async def access_token(self, stale: str | None = None) -> str:
-        """The shared token; with `stale`, a fresh one unless another instance already refreshed it."""
-        held, until = self._held
-        if held and held != stale and time.monotonic() < until:
+        """The shared token; with `stale`, a fresh one unless another instance already refreshed it.
+
+        NotSent when the shared state cannot be reached and this process holds no token that is
+        still valid: fetching one of our own would take the lock's place and, on the OA, cut short
+        the token every other instance is using."""
+        held, reread_at, valid_until = self._held
+        now = time.monotonic()
+        if held and held != stale and now < reread_at:
             return held
+        try:
+            return await self._shared_token(stale)
+        except LockNotAcquired as exc:
+            raise NotSent(NO_TOKEN, "no access token: another instance is still refreshing it",
+                          self.credential.token_path) from exc
+        except Exception as exc:
+            if fault_component(exc) != "redis":
+                raise
+            if held and held != stale and now < valid_until:
+                FAULTS.seen("redis", f"api.token.{self.credential.name}", exc,
+                            retry="with this process's token while it is valid")
+                self._held = (held, now + REDIS_RETRY_S, valid_until)
+                return held
+            raise NotSent(NO_TOKEN, f"no access token: shared state unavailable ({type(exc).__name__})",
+                          self.credential.token_path, "redis") from exc
+
+    async def _shared_token(self, stale: str | None) -> str:
         cached = await self.state.get(self._token_key)
         if cached and cached != stale:
-            return self._hold(cached)
+            return self._hold(cached, TOKEN_MARGIN_S)  # a shared token is valid for its ttl plus the margin
         async with self.state.lock(self._token_key, ttl_s=15, wait_s=15):
             cached = await self.state.get(self._token_key)
             if cached and cached != stale:
-                return self._hold(cached)
+                return self._hold(cached, TOKEN_MARGIN_S)
             data = await self._request(
                 "GET", self.credential.token_path, None, dict(self.credential.token_params)
             )
             token = str(data["access_token"])
-            ttl = max(60, int(data.get("expires_in", 7200)) - TOKEN_MARGIN_S)
+            expires_in = int(data.get("expires_in", 7200))
+            ttl = max(60, expires_in - TOKEN_MARGIN_S)
             await self.state.set(self._token_key, token, ttl_s=ttl)
             self.token_fetches += 1
             log.info("api.token.refreshed name=%s ttl_s=%s", self.credential.name, ttl)
-            return self._hold(token, min(TOKEN_HELD_S, ttl))
+            return self._hold(token, max(60, expires_in - 60))
 
-    def _hold(self, token: str, seconds: float = TOKEN_HELD_S) -> str:
-        self._held = (token, time.monotonic() + seconds)
+    def _hold(self, token: str, valid_s: float) -> str:
+        now = time.monotonic()
+        self._held = (token, now + min(TOKEN_HELD_S, valid_s), now + valid_s)
         return token
 
     async def _request(
@@ -154,6 +206,8 @@ class WeChatApi:
                 if response.status != 200:
                     raise ApiError(-response.status, f"HTTP {response.status}", path)
                 data = await response.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:  # no connection was made: nothing was sent
+            raise NotSent(NOT_CONNECTED, f"{type(exc).__name__}: {exc}", path) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
         except ValueError:
