@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 
+from core.faults import FAULTS, fault_component
 from core.shared_state import SharedState
 from nlu.intent import SOURCE_CACHE, Entity, Intent
 from nlu.metrics import CACHE_ERRORS
@@ -47,8 +48,7 @@ class ParseCache:
             entities = tuple(Entity.from_dict(e) for e in data["e"])
             return Intent(str(data["i"]), float(data["c"]), entities, SOURCE_CACHE)
         except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the parse
-            CACHE_ERRORS.inc()
-            log.warning("nlu.cache.read_failed error=%r", exc)
+            self._failed(exc, "read")
             return None
 
     async def put(self, text: str, intent: Intent) -> None:
@@ -59,5 +59,13 @@ class ParseCache:
         try:
             await asyncio.wait_for(self._state.set(self.key(text), value, self._ttl_s), self._timeout_s)
         except Exception as exc:  # noqa: BLE001
-            CACHE_ERRORS.inc()
-            log.warning("nlu.cache.write_failed error=%r", exc)
+            self._failed(exc, "write")
+
+    @staticmethod
+    def _failed(exc: Exception, action: str) -> None:
+        """Redis restarting is one warning for the outage (core/faults.py); anything else, a line each time."""
+        CACHE_ERRORS.inc()
+        if fault_component(exc) == "redis":
+            FAULTS.seen("redis", f"nlu.cache.{action}", exc, retry="Rasa is asked directly, uncached")
+        else:
+            log.warning("nlu.cache.%s_failed error=%r", action, exc)

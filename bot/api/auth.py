@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bot.api.errors import ApiError, Handler
 from bot.runtime import RUNTIME, Runtime
+from core.faults import FAULTS, fault_component
 from crm_store.api_keys import authenticate
 from crm_store.lifecycle import Lifecycle
 from flows.assembly import Domain
@@ -110,7 +111,13 @@ async def _rate_limit(ctx: ApiContext, caller: Principal) -> None:
     limits = ctx.limits
     now = time.time()
     window = int(now // limits.window_s)
-    count = await ctx.runtime.state.incr(f"api:rate:{caller.key_id}:{window}", limits.window_s + 1)
+    try:
+        count = await ctx.runtime.state.incr(f"api:rate:{caller.key_id}:{window}", limits.window_s + 1)
+    except Exception as exc:
+        if fault_component(exc) != "redis":
+            raise
+        FAULTS.seen("redis", "api.rate_limit", exc, retry="requests are not counted until Redis answers")
+        return  # open, not shut: a Redis restart must not take the API down with it
     if count > limits.requests:
         retry = max(1, math.ceil((window + 1) * limits.window_s - now))
         raise ApiError(429, "rate_limited", f"more than {limits.requests} requests in {limits.window_s} s",

@@ -28,6 +28,7 @@ from core.faults import FAULTS
 from crm_store.migrate import upgrade_async
 from crm_store.models import InboxItem, OutboxItem
 from tests.bot.conftest import Bot, make_settings
+from tests.bot.test_api import key_for
 from tests.conftest import Backend
 
 FAST_RECOVERY = {"claim_ttl_s": 4.0, "retry_base_s": 0.2, "poll_interval_s": 0.05}
@@ -214,3 +215,28 @@ async def test_an_oa_send_that_cannot_connect_is_retried_not_written_off(bot: Bo
     await bot.drain_until_answered("oUnreachable")
     assert len(bot.replies_to("oUnreachable")) == 1
     assert await outbox_rows(bot) == {"done": 1}
+
+
+async def test_the_api_answers_while_redis_is_down_and_503_while_the_store_is(
+    pg_server: ThrowawayPostgres, redis_server: ThrowawayRedis, start_running_bot  # type: ignore[no-untyped-def]
+) -> None:
+    bot = await start_running_bot(pg_server.url, redis_server.url)
+    headers = await key_for(bot, "read")
+    await redis_server.stop()  # the per-key rate limit cannot count: requests are let through
+    response = await bot.client.get("/api/v1/customers", headers=headers)
+    assert response.status == 200
+    await redis_server.start()
+    await pg_server.stop()
+    response = await bot.client.get("/api/v1/customers", headers=headers)
+    assert response.status == 503 and response.headers["Retry-After"]
+    assert (await response.json())["error"]["code"] == "unavailable"
+    await pg_server.start()
+    assert await until_status(bot, "/api/v1/customers", headers, 200)
+
+
+async def until_status(bot: Bot, path: str, headers: dict[str, str], status: int) -> bool:
+    for _ in range(50):
+        if (await bot.client.get(path, headers=headers)).status == status:
+            return True
+        await asyncio.sleep(0.1)
+    return False
