@@ -5,13 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser bench bench-nlu bench-flows bench-growth bench-nurture bench-api nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser docs bench bench-nlu bench-flows bench-growth bench-nurture bench-api soak nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
 
 test: install rasa browser  ## the whole test suite, the layer contract included (PostgreSQL and Redis on 127.0.0.1 are used)
 	$(BIN)/python -m pytest -q
+
+docs: install  ## the documentation site (docs/, mkdocs.yml) into var/site; strict: a broken link fails
+	$(BIN)/python -m mkdocs build --strict
 
 install: $(STAMP)
 
@@ -45,6 +48,9 @@ bench-nurture: install  ## 100,000 sequence steps due at once among 1,000,000 en
 
 bench-api: install  ## POST /orders rate and p99, a segment query and every report over 1,000,000 customers, on PostgreSQL
 	$(BIN)/python bench/api.py
+
+soak: install rasa  ## 10 minutes of kf and OA customers while PostgreSQL, Redis, Rasa, a worker and the API fail; every loss counted
+	$(BIN)/python bench/soak.py
 
 nlu-train: install rasa  ## train the intent model if its data or config changed
 	$(BIN)/scrm nlu train

@@ -106,7 +106,7 @@ def _operation(op: Operation, keys: dict[Any, Any]) -> dict[str, Any]:
         required = set(schema.get("required", ()))
         parameters += [{"name": name, "in": "query", "required": name in required, "schema": prop}
                        for name, prop in schema.get("properties", {}).items()]
-    errors = {401, 429, *op.errors, *(WRITE_ERRORS if op.body is not None else ())}
+    errors = {401, 429, 503, *op.errors, *(WRITE_ERRORS if op.body is not None else ())}
     responses: dict[str, Any] = {str(op.status): {
         "description": "OK", "content": {"application/json": {"schema": keys[(op.result, "serialization")]}}}}
     if op.method == "post" and op.path == "/orders":

@@ -1,4 +1,4 @@
-"""Every `scrm` command explains itself: help text with an example, and a mention in the README."""
+"""Every `scrm` command explains itself: help text with an example, and a mention in the documentation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from admin_cli.main import cli
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[2]
+# The hand-written pages: the generated CLI reference holds only a directive, so it proves nothing here.
+DOCS = "\n".join(path.read_text(encoding="utf-8") for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))])
 
 
 def leaf_commands(group: click.Group, prefix: str = "scrm") -> list[tuple[str, click.Command]]:
@@ -34,5 +36,5 @@ def test_command_has_help_with_an_example(path: str, command: click.Command) -> 
 
 
 @pytest.mark.parametrize(("path", "command"), COMMANDS, ids=[path for path, _ in COMMANDS])
-def test_command_is_in_the_readme(path: str, command: click.Command) -> None:
-    assert path in README, f"{path} is not mentioned in README.md"
+def test_command_is_in_the_docs(path: str, command: click.Command) -> None:
+    assert path in DOCS, f"{path} is not mentioned in README.md or docs/"
