@@ -8,7 +8,6 @@ tested over real HTTP without mocking our own code.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from aiohttp.test_utils import TestServer
 
 from core.shared_state import MemoryState, RedisState, SharedState
 from nlu.settings import NluSettings
+from tests.conftest import REDIS_TEST_URL
 
-REDIS_TEST_URL = os.environ.get("SCRM_TEST_REDIS", "redis://127.0.0.1:6379/15")
 TOKEN = "test-token"
 
 
