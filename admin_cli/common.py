@@ -15,27 +15,49 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.settings import Settings
 from crm_store.db import create_engine, session_factory
+from crm_store.migrate import SchemaChange, SchemaNotCurrent, ensure_schema
 
 T = TypeVar("T")
 
 
 def in_store(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Run `work` in one transaction on the configured store; store failures become a clear message."""
+    """Run `work` in one transaction on the configured store; store failures become a clear message.
+
+    The embedded SQLite store is first brought up to date (said in one line on stderr when that
+    did something); PostgreSQL must already be: `scrm migrate` is a deliberate step there.
+    """
+    url = settings.store.url
 
     async def run() -> T:
-        engine = create_engine(settings.store.url)
+        engine = create_engine(url)
         try:
+            _report_schema_change(url, await ensure_schema(url, engine))
             async with session_factory(engine)() as session, session.begin():
                 return await work(session)
         finally:
             await engine.dispose()
 
+    shown = make_url(url).render_as_string(hide_password=True)
     try:
         return asyncio.run(run())
+    except SchemaNotCurrent as exc:
+        hint = "run: scrm migrate" if exc.known else "use the scrm version that migrated it"
+        raise click.ClickException(f"store {shown} {exc}; {hint}") from None
     except SQLAlchemyError as exc:
-        url = make_url(settings.store.url).render_as_string(hide_password=True)
         cause = getattr(exc, "orig", None) or exc
-        raise click.ClickException(f"store {url}: {cause} (is its schema up to date? run: scrm migrate)") from None
+        raise click.ClickException(f"store {shown}: {cause} (is its schema up to date? run: scrm migrate)") from None
+
+
+def _report_schema_change(url: str, change: SchemaChange | None) -> None:
+    """The one line that says the embedded store was created or upgraded (nothing when it was current)."""
+    if change is None:
+        return
+    where = make_url(url).database
+    if change.before is None:
+        click.echo(f"store: created the embedded SQLite store at {where} (migration {change.after})", err=True)
+    else:
+        click.echo(f"store: upgraded the embedded SQLite store at {where} from migration {change.before} "
+                   f"to {change.after}", err=True)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

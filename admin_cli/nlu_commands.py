@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import click
 
+from admin_cli.progress import Progress, progress
 from core.shared_state import MemoryState, open_shared_state
 from nlu.client import NluClient
 from nlu.evaluate import Report, cross_validate, evaluate_held_out, format_report
@@ -21,6 +22,7 @@ from nlu.rasa_runtime import RasaUnavailable, TrainingFailed, ensure_model, mode
 from nlu.server import ManagedRasa, find_running
 from nlu.settings import NluSettings
 from nlu.training_data import TrainingDataError, load_project
+from nlu.training_progress import TrainingOutput
 
 
 def _settings(ctx: click.Context) -> Any:
@@ -88,16 +90,31 @@ def train(ctx: click.Context, force: bool, as_json: bool) -> None:
     Example: scrm nlu train
     """
     settings: NluSettings = _settings(ctx).nlu
-    if force or not model_file(settings).exists():
+    training = force or not model_file(settings).exists()
+    if training:
         _note("training (about 2 minutes on 2 cores)...")
     try:
-        path, trained = asyncio.run(ensure_model(settings, force=force))
+        with progress("nlu train", unit="epochs", quiet=as_json or not training) as shown:
+            shown.phase("starting Rasa")
+            path, trained = asyncio.run(ensure_model(settings, force=force, on_output=_shown_in(shown)))
     except (TrainingDataError, TrainingFailed, RasaUnavailable) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"model": str(path), "trained": trained}))
     else:
         click.echo(f"{'trained' if trained else 'unchanged, reused'}: {path}")
+
+
+def _shown_in(shown: Progress) -> Callable[[str], None]:
+    """Rasa's output lines as progress: the component in training, then DIET's epochs."""
+    output = TrainingOutput()
+
+    def on_output(line: str) -> None:
+        step = output.read(line)
+        if step is not None:
+            shown.update(shown.done if step.done is None else step.done, step.total, phase=step.phase)
+
+    return on_output
 
 
 @nlu_group.command("test")

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, cast
 
 import click
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from admin_cli.common import in_store
 from admin_cli.main import cli, echo_json, settings_of
+from admin_cli.progress import progress
 from crm_store import work_queue
-from crm_store.db import create_engine, session_factory
 from crm_store.migrate import upgrade
 from crm_store.models import InboxItem, OutboxItem, QueueItem
 
@@ -20,12 +21,14 @@ QUEUES: dict[str, type[InboxItem] | type[OutboxItem]] = {"inbox": InboxItem, "ou
 @cli.command()
 @click.pass_context
 def migrate(ctx: click.Context) -> None:
-    """Bring the database (store.url) to the newest schema; safe to run again.
+    """Bring the database (store.url) to the newest schema; safe to run again. Shows each revision applied.
 
     Example: SCRM__STORE__URL=postgresql+asyncpg://postgres@127.0.0.1/scrm scrm migrate
     """
     settings = settings_of(ctx)
-    upgrade(settings.store.url)
+    with progress("migrate", unit="revisions") as shown:
+        upgrade(settings.store.url, on_step=lambda applied, total, now: shown.update(
+            applied, total, phase=f"applying {now}" if now else ""))
     click.echo("database is up to date")
 
 
@@ -58,7 +61,7 @@ def _queue_command(name: str) -> None:
     @click.option("--json", "as_json", is_flag=True, help="Output JSON.")
     @click.pass_context
     def list_items(ctx: click.Context, status: str, limit: int, as_json: bool) -> None:
-        rows = asyncio.run(_items(settings_of(ctx).store.url, model, status, limit))
+        rows = in_store(settings_of(ctx), lambda session: _items(session, model, status, limit))
         if as_json:
             echo_json(rows)
             return
@@ -76,7 +79,7 @@ def _queue_command(name: str) -> None:
     @click.argument("item_ids", nargs=-1, type=int, required=True)
     @click.pass_context
     def retry(ctx: click.Context, item_ids: tuple[int, ...]) -> None:
-        requeued = asyncio.run(_requeue(settings_of(ctx).store.url, model, list(item_ids)))
+        requeued = in_store(settings_of(ctx), lambda session: work_queue.requeue_failed(session, model, list(item_ids)))
         missing = sorted(set(item_ids) - set(requeued))
         for item_id in requeued:
             click.echo(f"#{item_id} queued again")
@@ -92,31 +95,15 @@ def _queue_command(name: str) -> None:
 
 
 async def _items(
-    url: str, model: type[InboxItem] | type[OutboxItem], status: str, limit: int
+    session: AsyncSession, model: type[InboxItem] | type[OutboxItem], status: str, limit: int
 ) -> list[dict[str, Any]]:
-    engine = create_engine(url)
-    try:
-        async with session_factory(engine)() as session:
-            rows = await session.scalars(
-                select(model).where(model.status == status).order_by(model.id.desc()).limit(limit)
-            )
-            items = cast(list[QueueItem], list(rows.all()))
-            return [
-                {"id": row.id, "kind": row.kind, "status": row.status, "attempts": row.attempts,
-                 "last_error": row.last_error, "created_at": row.created_at, "payload": row.payload}
-                for row in items
-            ]
-    finally:
-        await engine.dispose()
-
-
-async def _requeue(url: str, model: type[InboxItem] | type[OutboxItem], item_ids: list[int]) -> list[int]:
-    engine = create_engine(url)
-    try:
-        async with session_factory(engine)() as session, session.begin():
-            return await work_queue.requeue_failed(session, model, item_ids)
-    finally:
-        await engine.dispose()
+    rows = await session.scalars(select(model).where(model.status == status).order_by(model.id.desc()).limit(limit))
+    items = cast(list[QueueItem], list(rows.all()))
+    return [
+        {"id": row.id, "kind": row.kind, "status": row.status, "attempts": row.attempts,
+         "last_error": row.last_error, "created_at": row.created_at, "payload": row.payload}
+        for row in items
+    ]
 
 
 for _name in QUEUES:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli.common import in_store, json_option, table, when
 from admin_cli.main import cli, echo_json, settings_of
+from admin_cli.progress import progress
 from crm_store.customer_queries import Influencer, LeaderboardOrder, current_customer, leaderboard, names_of
 from crm_store.growth_models import RewardEntry
 from crm_store.lifecycle import Lifecycle
@@ -192,7 +193,8 @@ def rescore_command(ctx: click.Context, as_json: bool) -> None:
     """
     settings = settings_of(ctx)
     weights = settings.growth.social_weights
-    count = in_store(settings, lambda session: rescore(session, weights))
+    with progress("rescore", unit="scores", quiet=as_json) as shown:  # one transaction: all or nothing
+        count = in_store(settings, lambda session: rescore(session, weights, on_progress=shown.update))
     if as_json:
         echo_json({"rescored": count, "weights": weights.model_dump()})
         return

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli.common import in_store, json_option, table, when
 from admin_cli.main import cli, echo_json, settings_of
+from admin_cli.progress import progress
 from admin_cli.push_commands import admin_name, segment_of, segment_options
 from bot.settings import Settings
 from core.sequences import Condition, NurtureSequence, SeqStep
@@ -31,7 +32,7 @@ from crm_store.enrolments import EnrolError, SequenceCatalog, end_enrolments, en
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, utcnow
 from crm_store.nurture_models import Enrolment, SequenceState, SequenceVersion
-from crm_store.segments import Segment, SegmentError, checked_segment, segment_query
+from crm_store.segments import Segment, SegmentError, checked_segment, count_and_sample, segment_query
 from crm_store.sequence_stats import SequenceStats, sequence_overview, sequence_stats
 from flows.diagram import duration, short
 from flows.errors import FlowLoadError
@@ -240,7 +241,8 @@ def enroll(ctx: click.Context, name: str, customer_ids: tuple[int, ...], as_json
     if bool(customer_ids) == bool(segment):
         raise click.UsageError("give --customer ID (repeat) or segment options such as --tag, not both")
     try:
-        tally = _enrol_ids(settings, name, customer_ids) if customer_ids else _enrol_segment(settings, name, segment)
+        tally = (_enrol_ids(settings, name, customer_ids) if customer_ids
+                 else _enrol_segment(settings, name, segment, quiet=as_json))
     except (EnrolError, SegmentError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -278,16 +280,22 @@ def _enrol_ids(settings: Settings, name: str, customer_ids: tuple[int, ...]) -> 
     return in_store(settings, work)
 
 
-def _enrol_segment(settings: Settings, name: str, segment: Segment | None) -> dict[str, Any]:
-    """Batch after batch, one transaction each, by ascending id (customers who opted out are not selected)."""
+def _enrol_segment(settings: Settings, name: str, segment: Segment | None, quiet: bool = False) -> dict[str, Any]:
+    """Batch after batch, one transaction each, by ascending id (customers who opted out are not selected).
+
+    Progress (on stderr) counts the customers gone through out of the segment's size at the start.
+    """
     zone, source, lifecycle = ZoneInfo(settings.nurture.timezone), f"admin:{admin_name()}", Lifecycle(settings.lifecycle)
+    now = utcnow()
 
-    async def first(session: AsyncSession) -> tuple[NurtureSequence, int, Segment]:
+    async def first(session: AsyncSession) -> tuple[NurtureSequence, int, Segment, int]:
         sequence, state = await SequenceCatalog().current(session, name)
-        return sequence, state.current_version, await checked_segment(session, segment or Segment(), lifecycle)
+        checked = await checked_segment(session, segment or Segment(), lifecycle)
+        size, _ = await count_and_sample(session, checked, 0, now, exclude_opted_out=sequence.marketing)
+        return sequence, state.current_version, checked, size
 
-    sequence, version, checked = in_store(settings, first)
-    tally, now, after = Counter({"enrolled": 0, "already_enrolled": 0}), utcnow(), 0
+    sequence, version, checked, size = in_store(settings, first)
+    tally, after = Counter({"enrolled": 0, "already_enrolled": 0}), 0
 
     async def batch(session: AsyncSession) -> int:
         customers = list(await session.scalars(select(Customer).where(Customer.id.in_(
@@ -296,8 +304,9 @@ def _enrol_segment(settings: Settings, name: str, segment: Segment | None) -> di
         await _enrol_each(session, customers, sequence, version, source, zone, tally)
         return customers[-1].id if customers else 0
 
-    while after := in_store(settings, batch):
-        pass
+    with progress(f"enroll {name}", size, unit="customers", quiet=quiet) as shown:
+        while after := in_store(settings, batch):
+            shown.update(sum(tally.values()))
     return {"sequence": name, "version": version, "segment": checked.to_data(), **tally}
 
 

@@ -8,12 +8,15 @@ import signal
 
 import click
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
 from admin_cli.main import cli, settings_of
 from bot.app import create_app
 from bot.logs import configure_logging
+from bot.runtime import RUNTIME
+from bot.sandbox.demo import has_customers
 from bot.settings import Settings
-from crm_store.migrate import upgrade
+from crm_store.migrate import SchemaNotCurrent, ensure_schema
 from nlu.server import ManagedRasa
 
 log = logging.getLogger("scrm.serve")
@@ -40,10 +43,38 @@ def serve(ctx: click.Context, port: int | None, no_migrate: bool, role: str) -> 
     settings = settings_of(ctx)
     if port is not None:
         settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": port})})
-    configure_logging(settings.logging.level, settings.logging.json_format)
+    configure_logging(settings.logging.level, settings.logging.json_format, settings.logging.levels)
     if not no_migrate:
-        upgrade(settings.store.url)
-    asyncio.run(_serve(settings, role))
+        _migrate(settings.store.url)
+    try:
+        asyncio.run(_serve(settings, role))
+    except Exception:
+        log.exception("serve.failed")  # through the formatter: masked, and one JSON object in JSON mode
+        raise SystemExit(1) from None
+
+
+def _migrate(url: str) -> None:
+    """Bring any store to the newest schema; one line when that changed something (Alembic's own are quiet)."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    try:
+        change = asyncio.run(ensure_schema(url, upgrade_any_store=True))
+    except SchemaNotCurrent as exc:
+        raise click.ClickException(f"store {shown} {exc}") from None
+    if change is not None:
+        log.info("store.migrated store=%s from=%s to=%s", shown, change.before or "empty", change.after)
+
+
+def _announce(settings: Settings, event: str, text: str) -> None:
+    """Words for the person at a text console; a log record in JSON mode, so that every line stays JSON."""
+    if settings.logging.json_format:
+        log.info("%s %s", event, " ".join(text.split()))
+    else:
+        click.echo(text)
+
+
+async def _has_customers(app: web.Application) -> bool:
+    async with app[RUNTIME].sessions() as session:
+        return await has_customers(session)
 
 
 async def _serve(settings: Settings, role: str) -> None:
@@ -53,19 +84,22 @@ async def _serve(settings: Settings, role: str) -> None:
     app = create_app(settings, run_workers=role != "web", managed_rasa=rasa)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port)
-    await site.start()
-    base = f"http://{settings.server.host}:{settings.server.port}"
-    click.echo(f"SCRM bot listening on {base}")
-    if settings.sandbox.enabled:
-        click.echo(f"Sandbox chat page: {base}/sandbox")
-    click.echo(f"Health: {base}/healthz  Metrics: {base}/metrics")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signame in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signame, stop.set)
-    await stop.wait()
-    click.echo("Shutting down: finishing in-flight work…")
-    await runner.cleanup()
-    if rasa is not None:
-        await rasa.stop()
+    try:
+        await web.TCPSite(runner, settings.server.host, settings.server.port).start()
+        base = f"http://{settings.server.host}:{settings.server.port}"
+        sandbox = f"\nSandbox chat page: {base}/sandbox" if settings.sandbox.enabled else ""
+        _announce(settings, "serve.listening",
+                  f"SCRM bot listening on {base}{sandbox}\nHealth: {base}/healthz  Metrics: {base}/metrics")
+        if settings.sandbox.enabled and not await _has_customers(app):
+            _announce(settings, "serve.no_customers", "No customers yet: for a tour, run `scrm demo` in "
+                      "another terminal (a group-buy, reps on duty, a few customers; it prints what to try)")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signame in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signame, stop.set)
+        await stop.wait()
+        _announce(settings, "serve.stopping", "Shutting down: finishing in-flight work…")
+    finally:  # also when start-up fails (the port is taken): close what was opened
+        await runner.cleanup()
+        if rasa is not None:
+            await rasa.stop()

@@ -126,9 +126,36 @@ class SandboxSettings(_Section):
     api_port: int = Field(default=8081, ge=0, le=65535)
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+LogLevel = Annotated[str, AfterValidator(_log_level)]
+
+
 class LoggingSettings(_Section):
-    level: str = "INFO"
+    """The console: a root level, levels per logger (`{"scrm.sender": "DEBUG"}`), text or JSON lines.
+
+    `json: true` is the older spelling of `format: json`, still accepted: either one turns JSON on
+    (so `SCRM__LOGGING__JSON=true` keeps working over a file that says `format: text`).
+    """
+
+    level: LogLevel = "INFO"
+    levels: dict[str, LogLevel] = {}
+    format: Literal["text", "json"] = "text"
     json_format: bool = Field(default=False, alias="json")
+
+    @model_validator(mode="after")
+    def _json_alias(self) -> LoggingSettings:
+        if self.json_format or self.format == "json":
+            self.format, self.json_format = "json", True
+        return self
 
 
 class Settings(BaseSettings):

@@ -9,9 +9,10 @@ index scan, not a walk over the referral tree. The score is a weighted sum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -22,6 +23,7 @@ from crm_store.models import utcnow
 
 Counter = Literal["friends", "friends_converted", "groups_led", "groups_filled", "downstream_converted"]
 COUNTERS: tuple[Counter, ...] = ("friends", "friends_converted", "groups_led", "groups_filled", "downstream_converted")
+RESCORE_BATCH = 5000  # scores per UPDATE when rescoring shows progress
 
 
 def score_of(stats: SocialStats | None, weights: SocialWeights) -> float:
@@ -54,14 +56,38 @@ async def stats_of(session: AsyncSession, customer_id: int) -> SocialStats | Non
     return await session.get(SocialStats, customer_id, populate_existing=True)
 
 
-async def rescore(session: AsyncSession, weights: SocialWeights) -> int:
-    """Recompute every score with `weights` (after the brand changed them); how many rows changed."""
+async def rescore(session: AsyncSession, weights: SocialWeights,
+                  on_progress: Callable[[int, int], None] | None = None) -> int:
+    """Recompute every score with `weights` (after the brand changed them); how many rows changed.
+
+    With `on_progress(done, total)` it goes in batches of RESCORE_BATCH customers (by id, in the
+    same transaction) and reports after each; without, it is one UPDATE.
+    """
     parts: list[ColumnElement[float]] = [getattr(SocialStats, name) * getattr(weights, name) for name in COUNTERS]
     score = parts[0]
     for part in parts[1:]:
         score = score + part
+    if on_progress is not None:
+        return await _rescore_in_batches(session, score, on_progress)
     result = await session.execute(update(SocialStats).values(score=score))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def _rescore_in_batches(session: AsyncSession, score: ColumnElement[float],
+                              on_progress: Callable[[int, int], None]) -> int:
+    total = int(await session.scalar(select(func.count()).select_from(SocialStats)) or 0)
+    done, after = 0, 0  # customer ids start at 1
+    while True:
+        last = await session.scalar(  # the batch's last id; None: the rest is smaller than a batch
+            select(SocialStats.customer_id).where(SocialStats.customer_id > after)
+            .order_by(SocialStats.customer_id).offset(RESCORE_BATCH - 1).limit(1))
+        batch = update(SocialStats).values(score=score).where(SocialStats.customer_id > after)
+        result = await session.execute(batch if last is None else batch.where(SocialStats.customer_id <= last))
+        done += int(result.rowcount or 0)  # type: ignore[attr-defined]
+        on_progress(done, total)
+        if last is None:
+            return done
+        after = last
 
 
 async def top(session: AsyncSession, limit: int) -> list[SocialStats]:

@@ -9,9 +9,13 @@ dictionary), so an unchanged project reuses its model and training is skipped.
 from __future__ import annotations
 
 import asyncio
+import codecs
+import contextlib
 import logging
 import os
+import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from nlu.settings import REPO_ROOT, NluSettings
@@ -22,6 +26,7 @@ log = logging.getLogger("scrm.nlu.rasa")
 MODEL_PREFIX = "nlu-"
 KEEP_MODELS = 3
 REQUIREMENTS = REPO_ROOT / "nlu" / "requirements-rasa.txt"
+FOLLOW_EVERY_S = 0.5  # how often the training log is read for `on_output`
 
 
 class RasaUnavailable(Exception):
@@ -68,19 +73,23 @@ def model_file(settings: NluSettings, fp: str | None = None) -> Path:
     return settings.model_path() / f"{MODEL_PREFIX}{fp or project_fingerprint(settings)}.tar.gz"
 
 
-async def ensure_model(settings: NluSettings, force: bool = False) -> tuple[Path, bool]:
-    """The model for the current project, trained only when missing; returns (path, trained)."""
+async def ensure_model(settings: NluSettings, force: bool = False,
+                       on_output: Callable[[str], None] | None = None) -> tuple[Path, bool]:
+    """The model for the current project, trained only when missing; returns (path, trained).
+
+    `on_output` gets each line Rasa writes while it trains (for progress), a moment after it is written.
+    """
     load_project(settings.project_path())  # file, line and reason before TensorFlow starts
     target = model_file(settings)
     if target.exists() and not force:
         log.info("nlu.train.skipped model=%s (fingerprint unchanged)", target.name)
         return target, False
-    await _train(settings, target)
+    await _train(settings, target, on_output)
     _prune(settings.model_path(), keep=target)
     return target, True
 
 
-async def _train(settings: NluSettings, target: Path) -> None:
+async def _train(settings: NluSettings, target: Path, on_output: Callable[[str], None] | None = None) -> None:
     rasa = rasa_executable(settings)
     project = settings.project_path()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,16 +103,42 @@ async def _train(settings: NluSettings, target: Path) -> None:
             cwd=project, env=rasa_env(settings), stdout=out, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
         )
+        exited = asyncio.Event()
+        follower = asyncio.create_task(_follow(log_path, on_output, exited)) if on_output else None
         try:
             code = await proc.wait()
         except asyncio.CancelledError:
             proc.kill()
             await proc.wait()
             raise
+        finally:
+            exited.set()
+            if follower is not None:
+                await follower  # the lines written last, up to the end (at once: the child has exited)
     if code != 0 or not target.exists():
         tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
         raise TrainingFailed(f"rasa train nlu exited with {code}; end of {log_path}:\n{tail}")
     log.info("nlu.train.done model=%s seconds=%.1f", target.name, time.monotonic() - started)
+
+
+async def _follow(log_path: Path, on_output: Callable[[str], None], exited: asyncio.Event) -> None:
+    """Hand each line of the growing log to `on_output`, until the child has exited and all is read.
+
+    The child keeps writing to the file (the log stays whole whoever reads it); tqdm redraws
+    its bar after a carriage return, so both \r and \n end a line.
+    """
+    decoder, pending = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+    with log_path.open("rb") as log_file:
+        while True:
+            last = exited.is_set()  # read once more after the exit: the child may have written to the end
+            *lines, pending = re.split(r"[\r\n]", pending + decoder.decode(log_file.read(), final=last))
+            for line in lines + ([pending] if last else []):
+                if line.strip():
+                    on_output(line)
+            if last:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(exited.wait(), FOLLOW_EVERY_S)
 
 
 def _prune(model_dir: Path, keep: Path) -> None:

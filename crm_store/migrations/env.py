@@ -12,7 +12,9 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    # crm_store.migrate.upgrade puts a progress callback here when asked (scrm migrate shows each revision).
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      on_version_apply=context.config.attributes.get("on_version_apply", ()))
     with context.begin_transaction():
         context.run_migrations()
 
