@@ -28,8 +28,8 @@ $(STAMP): pyproject.toml
 rasa:  ## the Rasa virtualenv (Python 3.10), created once and kept while nlu/requirements-rasa.txt is unchanged
 	bash scripts/setup_rasa.sh
 
-browser:  ## headless Chromium for the sandbox page test (Debian's package)
-	@command -v chromium >/dev/null 2>&1 || bash scripts/install_chromium.sh
+browser:  ## headless Chromium and a CJK font for the sandbox page tests and the tour's screenshots (Debian's packages)
+	@bash scripts/install_chromium.sh
 
 bench: install  ## ingest benchmark: callbacks/s and ack latency against a bare aiohttp handler, on PostgreSQL
 	$(BIN)/python bench/ingest.py --role web

@@ -63,6 +63,7 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     campaign_commands,
     channel_commands,
     customer_commands,
+    demo_command,  # noqa: F401  (adds `scrm demo`)
     flow_commands,
     handoff_commands,
     ops_commands,
