@@ -64,6 +64,7 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     channel_commands,
     customer_commands,
     demo_command,  # noqa: F401  (adds `scrm demo`)
+    doctor_command,  # noqa: F401  (adds `scrm doctor`)
     flow_commands,
     handoff_commands,
     ops_commands,

@@ -16,6 +16,10 @@ kept in `kf_state_moves`. Handlers answer with the reply's fields or raise `ApiR
 `kf/sync_msg` cursors are opaque, as WeCom's are, and mark a point in time (the message's
 arrival, in nanoseconds), not an index into this process's list: a bot that saved a cursor
 from an earlier run of the sandbox goes on reading from it after a restart.
+
+`kf/account/list` lists the accounts made with `add_kf_account`, each with `manage_privilege`:
+whether the calling app may serve it (WeCom's "可管理的客服账号": an account an admin has not
+handed to the API's app is listed with false, and the bot never hears its customers).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ KF_WRITABLE = frozenset({NEW, BOT})  # kf/send_msg: "新接入待处理" or "由
 SESSION_ENDED = 3  # session_status_change.change_type: the rep ended the session
 SERVICER_PATH = "kf/servicer"  # Sent.path of a rep's message from the kf workspace (not an API call)
 KF_SCENE = re.compile(r"[0-9a-zA-Z_-]{0,32}")
+KF_ACCOUNT_PAGE_MAX = 100  # kf/account/list: `limit` 1–100, 100 when not given
 
 
 class ApiRefusal(Exception):
@@ -79,6 +84,13 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class KfAccount:
+    open_kfid: str
+    name: str
+    manage_privilege: bool = True  # handed to the API: the app may serve this account's customers
+
+
+@dataclass(frozen=True)
 class KfMove:
     open_kfid: str
     external_userid: str
@@ -103,6 +115,7 @@ class FakeKf:
         self.service_states: dict[tuple[str, str], int] = {}  # (open_kfid, external_userid) -> state
         self.servicers: dict[tuple[str, str], str] = {}  # the rep of a session in state 3
         self.kf_state_moves: list[KfMove] = []
+        self.kf_accounts: dict[str, KfAccount] = {}  # open_kfid -> the account, as kf/account/list shows it
         self.page_limit = 1000  # kf/sync_msg's largest page; tests lower it to exercise has_more
         self._ids = itertools.count(1)
         self._run = secrets.token_hex(3)  # this run of the fake: its msgids never repeat an earlier run's
@@ -152,6 +165,10 @@ class FakeKf:
         }
         return self._add_kf(open_kfid, {"origin": 4, "msgtype": "event", "event": event})
 
+    def add_kf_account(self, open_kfid: str, name: str = "", managed: bool = True) -> None:
+        """A kf account made in the admin console; `managed=False`: not handed to the API (manage_privilege false)."""
+        self.kf_accounts[open_kfid] = KfAccount(open_kfid, name or open_kfid, managed)
+
     def kf_state(self, open_kfid: str, external_userid: str) -> tuple[int, str]:
         """The session's state and, in state 3, its rep."""
         key = (open_kfid, external_userid)
@@ -178,6 +195,7 @@ class FakeKf:
             "kf/service_state/get": self.kf_service_state_get,
             "kf/service_state/trans": self.kf_service_state_trans,
             "kf/add_contact_way": self.kf_add_contact_way,
+            "kf/account/list": self.kf_account_list,
         }
 
     async def kf_sync_msg(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +252,20 @@ class FakeKf:
         url = f"https://work.weixin.qq.com/kfid/{open_kfid}?enc_scene={secrets.token_urlsafe(9)}"
         self.kf_links.append({"open_kfid": open_kfid, "scene": scene, "url": url})
         return {"url": url}
+
+    async def kf_account_list(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        """`limit` (1–100) accounts from `offset`; a page shorter than `limit` is the last."""
+        offset, limit = body.get("offset", 0), body.get("limit", KF_ACCOUNT_PAGE_MAX)
+        if not isinstance(offset, int) or not isinstance(limit, int) or offset < 0 \
+                or not 1 <= limit <= KF_ACCOUNT_PAGE_MAX:
+            raise ApiRefusal(40058)
+        page = list(self.kf_accounts.values())[offset : offset + limit]
+        return {"account_list": [
+            {"open_kfid": account.open_kfid, "name": account.name,
+             "avatar": f"https://wework.qpic.cn/wwhead/{account.open_kfid}/0",
+             "manage_privilege": account.manage_privilege}
+            for account in page
+        ]}
 
     # --- inside --------------------------------------------------------------------------
     def _check_servicer(self, open_kfid: str, external_userid: str, servicer_userid: str) -> None:

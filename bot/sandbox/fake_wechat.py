@@ -2,7 +2,8 @@
 
 The sandbox and the tests point `wecom.api_base` / `oa.api_base` at it. It issues and
 checks access tokens (42001 once expired, 40014 when unknown), rate-limits on demand
-(45009), can be told to fail the next calls (`fail_next`), refuses used welcome codes, and
+(45009), can be told to fail the next calls (`fail_next`), to fail or answer late for a while
+(`fail_for`, `slow_for`: the soak's bursts and slow spells), refuses used welcome codes, and
 records every message the bot sends so a test or the sandbox page can read them back. The
 微信客服 part (kf/sync_msg with real cursors, sessions and their states, a rep's messages from
 the kf workspace) is `fake_kf.FakeKf`, which this class extends. It keeps a corp tag
@@ -13,10 +14,13 @@ Entry points: contact ways (`externalcontact/add_contact_way`, `update_contact_w
 kept in `kf_links`) and OA parametric QR codes (`qrcode/create`, kept in `qr_codes` by ticket).
 Departed reps: `add_unassigned` fills `externalcontact/get_unassigned_list`, and
 `externalcontact/resigned/transfer_customer` records what it moved in `transfers`.
+What `scrm doctor` asks of an app (`agent/get`, `get_follow_user_list`, and the refusal of an
+untrusted IP: 60020, OA 40164) is `fake_apps.FakeApps`; `kf/account/list` is in `fake_kf`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.sandbox.fake_apps import FakeApps
 from bot.sandbox.fake_groupmsg import FakeGroupMessages
 from bot.sandbox.fake_kf import ApiRefusal, FakeKf, Sent
 
@@ -38,13 +43,23 @@ QR_ACTIONS = {"QR_SCENE", "QR_STR_SCENE", "QR_LIMIT_SCENE", "QR_LIMIT_STR_SCENE"
 
 @dataclass
 class Failure:
+    """The next `remaining` calls to `path` ("*": any) fail; with `until`, every call until then instead.
+    With `delay_s` the call is not refused but answered that much later (after it was carried out)."""
+
     path: str
     errcode: int = 0
     http_status: int = 200
     remaining: int = 1
+    until: float = 0.0  # time.monotonic(): a window, not a count
+    delay_s: float = 0.0
+
+    def applies(self, path: str, now: float) -> bool:
+        if self.path not in (path, "*"):
+            return False
+        return now < self.until if self.until else self.remaining > 0
 
 
-class FakeWeChat(FakeKf, FakeGroupMessages):
+class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps):
     def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
         super().__init__()
         self.corp_id = corp_id
@@ -67,11 +82,20 @@ class FakeWeChat(FakeKf, FakeGroupMessages):
         self.unassigned_page_limit = UNASSIGNED_PAGE_MAX  # tests lower it to exercise is_last
         self.transfers: list[dict[str, str]] = []  # resigned/transfer_customer: handover, takeover, customer
         self.init_group_messages()
+        self.init_apps()
 
     # --- what a test or the sandbox page does --------------------------------------------
     def fail_next(self, path: str, errcode: int = 0, http_status: int = 200, times: int = 1) -> None:
         """Make the next `times` calls to `path` fail with `errcode` (or an HTTP status)."""
         self.failures.append(Failure(path, errcode, http_status, times))
+
+    def fail_for(self, seconds: float, errcode: int = 0, http_status: int = 200, path: str = "*") -> None:
+        """Every call to `path` ("*": every API) fails with `errcode` (or an HTTP status) for `seconds`."""
+        self.failures.append(Failure(path, errcode, http_status, 0, time.monotonic() + seconds))
+
+    def slow_for(self, seconds: float, delay_s: float, path: str = "*") -> None:
+        """For `seconds`, calls are carried out but answered `delay_s` late, as by an API in trouble."""
+        self.failures.append(Failure(path, 0, 200, 0, time.monotonic() + seconds, delay_s))
 
     def expire_tokens(self) -> None:
         """Every token issued so far now answers 42001, as after its 7,200 s."""
@@ -104,8 +128,9 @@ class FakeWeChat(FakeKf, FakeGroupMessages):
     def app(self) -> web.Application:
         app = web.Application()
         routes = {
-            "gettoken": self.wecom_token,
-            "token": self.oa_token,
+            "gettoken": self.wecom_gettoken,
+            "token": self.oa_gettoken,
+            **self.app_routes(),
             **self.kf_routes(),
             **self.group_message_routes(),
             "message/send": self.app_message_send,
@@ -124,30 +149,39 @@ class FakeWeChat(FakeKf, FakeGroupMessages):
             "user/info": self.oa_user_info,
         }
         for path, handler in routes.items():
-            app.router.add_route("*", f"/cgi-bin/{path}", self._guarded(path, handler))
+            app.router.add_route("*", f"/cgi-bin/{path}", self._guarded(path, self.from_trusted_ip(handler)))
         return app
 
     def _guarded(self, path: str, handler: Any) -> Any:
         async def guarded(request: web.Request) -> web.Response:
             self.calls.append(path)
-            failure = next((f for f in self.failures if f.path == path and f.remaining > 0), None)
+            now = time.monotonic()
+            failure = next((f for f in self.failures if f.applies(path, now)), None)
+            if failure is not None and failure.delay_s:
+                response = await self._answer(path, handler, request)  # carried out now…
+                await asyncio.sleep(failure.delay_s)  # …answered late: a caller that gave up never knows
+                return response
             if failure is not None:
-                failure.remaining -= 1
+                if not failure.until:
+                    failure.remaining -= 1
                 if failure.http_status != 200:
                     return web.Response(status=failure.http_status, text="upstream error")
                 return _error(failure.errcode)
-            if path not in ("gettoken", "token"):
-                refusal = self._check_token(request.query.get("access_token", ""))
-                if refusal:
-                    return _error(refusal)
-            body = await request.json() if request.method == "POST" and request.can_read_body else {}
-            try:
-                answer = await handler(request, body)
-            except ApiRefusal as refused:
-                return _error(refused.errcode, refused.errmsg)
-            return _ok(**answer) if isinstance(answer, dict) else answer
+            return await self._answer(path, handler, request)
 
         return guarded
+
+    async def _answer(self, path: str, handler: Any, request: web.Request) -> web.Response:
+        if path not in ("gettoken", "token"):
+            refusal = self._check_token(request.query.get("access_token", ""))
+            if refusal:
+                return _error(refusal)
+        body = await request.json() if request.method == "POST" and request.can_read_body else {}
+        try:
+            answer = await handler(request, body)
+        except ApiRefusal as refused:
+            return _error(refused.errcode, refused.errmsg)
+        return _ok(**answer) if isinstance(answer, dict) else answer
 
     def _check_token(self, token: str) -> int:
         if token not in self.tokens:
@@ -393,7 +427,13 @@ ERRMSG = {
     40058: "invalid parameter",
     40068: "invalid tagid",
     40071: "tag name already exists",
+    40056: "invalid agentid",
     40125: "invalid appsecret",
+    40164: "invalid ip, not in whitelist",
+    41011: "missing agentid",
+    48002: "api forbidden",
+    60020: "not allow to access from your ip",
+    301002: "not allow operate another agent with this accesstoken.",
     41037: "missing contact way type",
     41038: "missing contact way scene",
     41039: "invalid contact way type",

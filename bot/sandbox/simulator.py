@@ -36,7 +36,9 @@ TRANSCRIPT_LINES = 20  # of a kf customer's session, on the rep page
 def fake_for(settings: Settings) -> FakeWeChat:
     wecom = settings.wecom
     secrets_ = [keys.secret.get_secret_value() for keys in (wecom.kf, wecom.contacts, wecom.app)]
-    return FakeWeChat(wecom.corp_id, secrets_, settings.oa.app_id, settings.oa.app_secret.get_secret_value())
+    fake = FakeWeChat(wecom.corp_id, secrets_, settings.oa.app_id, settings.oa.app_secret.get_secret_value())
+    fake.add_kf_account(SANDBOX_KF_ACCOUNT, "沙盒客服")  # handed to the API, as a working setup's is
+    return fake
 
 
 @dataclass
