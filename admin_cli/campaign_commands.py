@@ -171,7 +171,7 @@ def campaigns_group() -> None:
 def create(ctx: click.Context, path: Path | None, as_json: bool, **options: Any) -> None:
     """Define a group-buy campaign, from options or a YAML file; every problem is listed, nothing half-stored.
 
-    Example: scrm campaigns create --code spring-tea --name 春茶三人团 --price 59.90 --group-size 3 --group-hours 24 --ends 2026-12-31 --stock 300 --fill-tag 拼团成功
+    Example: scrm campaigns create --code spring-tea --name 春茶三人团 --price 59.90 --group-size 3 --group-hours 24 --ends 2099-12-31 --stock 300 --fill-tag 拼团成功
     """
     settings = settings_of(ctx)
     given = {key: list(value) if isinstance(value, tuple) else value

@@ -129,7 +129,7 @@ def create(ctx: click.Context, name: str, kind: str, reps: tuple[str, ...], dail
            tags: tuple[str, ...], cost: float, kf_account: str, as_json: bool) -> None:
     """Create an entry channel on WeCom or the OA and store it; prints its code, URL and reps.
 
-    Example: scrm channels create 门店海报 --kind contact_way --rep zhangsan --rep lisi --daily-cap 50 --welcome-flow welcome --tag 门店 --cost 300
+    Example: scrm channels create 门店海报 --kind contact_way --rep zhangsan --rep lisi --daily-cap 50 --welcome-flow welcome_contact --tag 来自企微 --cost 300
     """
     settings = settings_of(ctx)
     spec = ChannelSpec(name, kind, welcome_flow, tags, reps, daily_cap, round(cost * 100), kf_account)

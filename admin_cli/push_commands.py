@@ -160,7 +160,7 @@ def create(ctx: click.Context, name: str, text: str, at_text: str | None, dry_ru
            **options: Any) -> None:
     """Schedule a message for everyone in a segment: one pending send each, sent politely when due.
 
-    Example: scrm push create --name 双十二预热 --text "{{ customer.name }}，双十二全场 8 折" --tag 高意向 --at 2026-12-01T20:00
+    Example: scrm push create --name 双十二预热 --text "{{ customer.name }}，双十二全场 8 折" --tag 高意向 --at 2099-12-11T20:00
     """
     settings = settings_of(ctx)
     segment, lifecycle = segment_required(segment_of(options)), Lifecycle(settings.lifecycle)

@@ -100,7 +100,8 @@ def spec_from_mapping(
     fill_tags = tuple(str(tag) for tag in (data.get("fill_tags") or ()))
     missing = [tag for tag in fill_tags if tag not in tag_names]
     if missing:
-        problems.append(f"fill_tags: not in the tag catalog (tags.yaml): {', '.join(missing)}")
+        problems.append(f"fill_tags: not in the published tag catalog: {', '.join(missing)} "
+                        "(add them to tags.yaml and run: scrm flows publish)")
     if problems:
         raise CampaignError("invalid campaign:\n  " + "\n  ".join(problems))
     assert price is not None and size is not None and hours is not None and ends is not None and stock is not None

@@ -103,7 +103,7 @@ def test_bad_options_name_every_problem_and_store_nothing(scrm: Scrm) -> None:
                   "--fill-stage", "nowhere", "--fill-tag", "不存在", ok=False)
     assert result.exit_code == 1 and "nothing was stored" in result.output
     for problem in ("price: -5 is negative", "group_size: 0 is out of range 2..100", "ends: must be after starts",
-                    "fill_stage: unknown stage 'nowhere'", "fill_tags: not in the tag catalog (tags.yaml): 不存在"):
+                    "fill_stage: unknown stage 'nowhere'", "fill_tags: not in the published tag catalog: 不存在"):
         assert problem in result.output
     no_end = scrm("campaigns", "create", "--code", "bad", "--name", "坏团", "--price", "5", "--group-size", "1",
                   "--group-hours", "24", "--stock", "10", ok=False)
