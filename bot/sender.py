@@ -69,6 +69,9 @@ class OutboxSender:
             return
         credential, path, idempotent = OUTBOX_KINDS[item.kind]
         if not idempotent and item.last_error == CALL_STARTED:
+            metrics.SEND_ERRORS.labels(item.kind, "unknown").inc()
+            log.warning("sender.outcome_unknown id=%s kind=%s: the sender stopped during the call; not resent",
+                        item.id, item.kind)
             await self._close(item, "failed", "outcome unknown: the sender stopped during the call; not resent")
             return
         late, body = too_late(item.payload)
@@ -101,6 +104,9 @@ class OutboxSender:
                 await self._close(item, "done", "already moved (resent after an interrupted attempt)")
                 return
             if not idempotent and not exc.refused:
+                metrics.SEND_ERRORS.labels(item.kind, "unknown").inc()
+                log.warning("sender.outcome_unknown id=%s kind=%s %s: not resent (see scrm outbox list --status "
+                            "failed)", item.id, item.kind, exc.errmsg)
                 await self._close(item, "failed", f"outcome unknown ({exc.errmsg}); not resent")
                 return
             await self._failed(item, exc)

@@ -40,6 +40,9 @@ RETRYABLE = {-1, RATE_LIMITED, 45033}
 TOKEN_MARGIN_S = 300
 TOKEN_HELD_S = 60.0  # how long a process uses its copy of the shared token before reading it again
 NOT_CONNECTED, NO_TOKEN = -4, -5  # our codes for a request that never left
+# HTTP 503 "currently unable to handle the request" (RFC 9110 §15.6.4): not taken, so not carried out.
+# 500, 502 and 504 say something failed behind the gateway, perhaps after the call took effect: unknown.
+UNAVAILABLE = -503
 REDIS_RETRY_S = 5.0  # while the shared state is down, how often a held token's holder looks again
 
 # Called once, just before a request leaves: after it, the outcome may be unknown.
@@ -58,10 +61,11 @@ class ApiError(Exception):
     def refused(self) -> bool:
         """WeChat answered with an errcode, so the call certainly had no effect.
 
-        Transport failures, timeouts and HTTP errors (our negative codes below -1) leave
-        the outcome unknown: the request may have been carried out before the answer was lost.
+        So did an HTTP 503 (the service would not take the request). Transport failures, timeouts
+        and other HTTP errors (our negative codes below -1) leave the outcome unknown: the request
+        may have been carried out before the answer was lost.
         """
-        return self.errcode >= -1
+        return self.errcode >= -1 or self.errcode == UNAVAILABLE
 
 
 class RetryableApiError(ApiError):

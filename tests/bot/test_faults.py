@@ -240,3 +240,15 @@ async def until_status(bot: Bot, path: str, headers: dict[str, str], status: int
             return True
         await asyncio.sleep(0.1)
     return False
+
+
+async def test_an_oa_send_answered_503_is_retried_and_one_answered_502_is_not(start_bot) -> None:  # type: ignore[no-untyped-def]
+    bot = await start_bot(worker={"retry_base_s": 0.01})
+    bot.fake.fail_next("message/custom/send", http_status=503)  # not taken: certainly not delivered
+    await bot.simulator.oa_says(bot.url, "oBusy", "你好")
+    await bot.drain_until_answered("oBusy")
+    assert len(bot.replies_to("oBusy")) == 1 and await outbox_rows(bot) == {"done": 1}
+    bot.fake.fail_next("message/custom/send", http_status=502)  # something failed behind the gateway: unknown
+    await bot.simulator.oa_says(bot.url, "oBusy", "在吗")
+    await bot.drain()
+    assert await outbox_rows(bot) == {"done": 1, "failed": 1}
