@@ -107,7 +107,7 @@ class Console:
     def stop(self) -> None:
         """Until it has exited and every line it printed has been read."""
         self.terminate()
-        self.process.wait(timeout=20)
+        self.process.wait(timeout=60)  # a loaded machine (the suite in parallel) is slow to shut down
         self.reader.join(timeout=5)
 
 
