@@ -11,7 +11,7 @@ run: install rasa  ## create the virtualenvs, migrate, start the bot with the sa
 	$(BIN)/scrm serve
 
 test: install rasa browser  ## the whole test suite, the layer contract included (PostgreSQL and Redis on 127.0.0.1 are used)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4 --dist loadfile
 
 docs: install  ## the documentation site (docs/, mkdocs.yml) into var/site; strict: a broken link fails
 	$(BIN)/python -m mkdocs build --strict

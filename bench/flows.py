@@ -67,6 +67,7 @@ from bench.ingest import (  # noqa: E402
 )
 from bench.rasa_assistant import CACHE, NLU_PROJECT, ensure_assistant_model, running_assistant  # noqa: E402
 from bot.sandbox import wechat_side  # noqa: E402
+from bot.sandbox.fake_kf import Sent  # noqa: E402
 from bot.sandbox.fake_wechat import FakeWeChat  # noqa: E402
 from nlu.training_data import load_project  # noqa: E402
 
@@ -187,15 +188,25 @@ class ReplyCounter(FakeWeChat):
         self.replies: Counter[str] = Counter()
         self._arrived: dict[str, asyncio.Event] = {}
 
-    def _deliver(self, path: str, body: dict[str, Any]) -> web.Response:
+    def _deliver(self, path: str, body: dict[str, Any]) -> str:
         before = len(self.sent)
-        response = super()._deliver(path, body)
+        msgid = super()._deliver(path, body)
         if len(self.sent) > before:
-            user = str(body.get("_to") or self.sent[-1].to)
-            self.replies[user] += 1
-            if user in self._arrived:
-                self._arrived[user].set()
-        return response
+            sent = self.sent[-1]
+            user = str(body.get("_to") or sent.to)
+            if self.counts(sent):
+                self.replies[user] += 1
+                self.received(user, sent)
+                if user in self._arrived:
+                    self._arrived[user].set()
+        return msgid
+
+    def counts(self, sent: Sent) -> bool:
+        """Whether a delivered message is a reply someone may wait for (all of them, here)."""
+        return True
+
+    def received(self, user: str, sent: Sent) -> None:
+        """A counted reply was delivered (for subclasses that keep more)."""
 
     async def reply_after(self, user: str, seen: int, timeout_s: float) -> bool:
         """True once `user` has more than `seen` messages; False after `timeout_s`."""

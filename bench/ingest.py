@@ -30,6 +30,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.servers import free_port  # noqa: E402
 from bot.sandbox import wechat_side  # noqa: E402
 from bot.sandbox.fake_wechat import FakeWeChat  # noqa: E402
 
@@ -39,14 +40,6 @@ CORP, KF, OA_APP = "wwbenchcorp", "wkBenchKf", "wxbenchoa"
 KEYS = {name: (f"bench-{name}-token", f"bench{name}aeskey".ljust(43, "0")) for name in ("kf", "contacts", "app", "oa")}
 SECRETS = {"kf": "bench-kf-secret", "contacts": "bench-contacts-secret", "app": "bench-app-secret"}
 OA_SECRET = "bench-oa-secret"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bare_server(port: int) -> None:

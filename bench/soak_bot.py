@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,10 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest import CORP, OA_APP, OA_SECRET, SECRETS, bot_environment, wait_for_port  # noqa: E402
+from bench.flows import ReplyCounter  # noqa: E402
+from bench.ingest import bot_environment, wait_for_port  # noqa: E402
 from bench.servers import free_port  # noqa: E402
-from bot.sandbox.fake_wechat import FakeWeChat  # noqa: E402
+from bot.sandbox.fake_kf import Sent  # noqa: E402
 from nlu.rasa_runtime import ensure_model  # noqa: E402
 from nlu.settings import NluSettings  # noqa: E402
 
@@ -46,42 +46,25 @@ MARKETING = re.compile(r"^【(培育|推送)】")  # nurture and push texts: a c
 # ---------------------------------------------------------------- the fake API
 
 
-class SoakFake(FakeWeChat):
-    """The fake WeCom/OA API, waking customers who wait for a reply and counting resends it absorbed."""
+class SoakFake(ReplyCounter):
+    """The fake WeCom/OA API, waking customers who wait for a reply (nurture and push texts are not
+    replies) and counting the kf resends it absorbed."""
 
     def __init__(self) -> None:
-        super().__init__(CORP, list(SECRETS.values()), OA_APP, OA_SECRET)
-        self.replies: Counter[str] = Counter()  # per user: messages that are not nurture or push
+        super().__init__()
         self.texts: dict[str, list[str]] = {}
         self.resends_absorbed = 0  # kf calls whose msgid was already delivered: WeCom drops them
-        self._arrived: dict[str, asyncio.Event] = {}
 
     def _deliver(self, path: str, body: dict[str, Any]) -> str:
         if body.get("msgid") and str(body["msgid"]) in self.seen_msgids:
             self.resends_absorbed += 1
-        before = len(self.sent)
-        msgid = super()._deliver(path, body)
-        if len(self.sent) > before:
-            sent = self.sent[-1]
-            user = str(body.get("_to") or sent.to)
-            if not MARKETING.match(sent.text):
-                self.replies[user] += 1
-                self.texts.setdefault(user, []).append(sent.text)
-                if user in self._arrived:
-                    self._arrived[user].set()
-        return msgid
+        return super()._deliver(path, body)
 
-    async def reply_after(self, user: str, seen: int, timeout_s: float) -> bool:
-        """True once `user` has more than `seen` replies; False after `timeout_s`."""
-        arrived = self._arrived.setdefault(user, asyncio.Event())
-        deadline = time.monotonic() + timeout_s
-        while self.replies[user] <= seen:
-            arrived.clear()
-            try:
-                await asyncio.wait_for(arrived.wait(), max(deadline - time.monotonic(), 0))
-            except TimeoutError:
-                return self.replies[user] > seen
-        return True
+    def counts(self, sent: Sent) -> bool:
+        return not MARKETING.match(sent.text)
+
+    def received(self, user: str, sent: Sent) -> None:
+        self.texts.setdefault(user, []).append(sent.text)
 
     def replies_since(self, user: str, seen: int) -> list[str]:
         return self.texts.get(user, [])[seen:]

@@ -77,7 +77,7 @@ def print_totals(run: Run, found: Audit, plan: Plan, settled: float | None, sett
     queues = found.queues
     print(f"queues: inbox {dict(sorted(queues.inbox.items()))}, outbox {dict(sorted(queues.outbox.items()))}; "
           f"kf resends absorbed by msgid {found.deliveries.resends_absorbed}")
-    print(f"outbox rows failed as \"outcome unknown\" (OA sends not resent; 0 once the sender fix lands): "
+    print(f"outbox rows failed as \"outcome unknown\" (OA sends whose call may have taken effect — a timeout, HTTP 500/502/504 — never resent): "
           f"{queues.outcome_unknown}, of which the customer did receive {queues.outcome_unknown_delivered}")
     _counted("other failed outbox rows", found.queues.failed)
     _counted("failed inbox items", found.queues.inbox_failed)
