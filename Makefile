@@ -5,13 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser docs bench bench-nlu bench-flows bench-growth bench-nurture bench-api soak nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-flows bench-growth bench-nurture bench-api soak nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
 
 test: install rasa browser  ## the whole test suite, the layer contract included (PostgreSQL and Redis on 127.0.0.1 are used)
 	$(BIN)/python -m pytest -q -n 4 --dist loadfile
+
+screenshots: install browser  ## the quick start's tour walked in Chromium, its pictures written to docs/images/
+	DOCS_TOUR_IMAGES=docs/images $(BIN)/python -m pytest -q tests/bot/test_demo_tour.py
 
 docs: install  ## the documentation site (docs/, mkdocs.yml) into var/site; strict: a broken link fails
 	$(BIN)/python -m mkdocs build --strict

@@ -4,13 +4,15 @@ A group opened (开团) and filled by a second customer (参团 <code>), a frien
 邀请码 <code>) and the inviter rewarded, a complaint handed to a rep who answers on the rep page,
 and `scrm report html` showing it all. The office is closed while it runs: the demo's reps, on
 duty around the clock, are what makes the handoff immediate at any hour. Each step is
-photographed into docs/images/tour-*.png (900×700), overwritten on every run: the documentation
-shows them, so they are committed with it.
+photographed (900×700) into the test's directory, or, with DOCS_TOUR_IMAGES set (`make
+screenshots`), into that directory: docs/images/, where the quick start shows them. They are
+committed with the documentation; an ordinary test run leaves them as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from playwright.async_api import Page
 
 pytestmark = pytest.mark.browser
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 WIDTH, HEIGHT = 900, 700  # the screenshots' size
 WAIT_MS = 15_000
 SETTLE_MS = 800  # the pages poll every 500 and 700 ms: one more poll, so each picture is the settled page
@@ -54,12 +55,12 @@ def office_closed_now() -> str:
 class Tour:
     """The customer page and the rep page, as the person taking the tour uses them."""
 
-    def __init__(self, customer: Page, rep: Page, url: str) -> None:
-        self.customer, self.rep, self.url = customer, rep, url
+    def __init__(self, customer: Page, rep: Page, url: str, images: Path) -> None:
+        self.customer, self.rep, self.url, self.images = customer, rep, url, images
 
     async def snap(self, page: Page, name: str) -> None:
         await page.wait_for_timeout(SETTLE_MS)  # for the picture only: every assertion waits for its text
-        await page.screenshot(path=str(IMAGES / name))
+        await page.screenshot(path=str(self.images / name))
 
     async def as_customer(self, user: str) -> None:
         await self.customer.fill("#user", user)  # the page shows this customer's chat
@@ -93,12 +94,13 @@ async def test_the_quick_start_tour_after_scrm_demo(  # type: ignore[no-untyped-
     bot: Bot = await start_bot(run_workers=True, handoff={"office_hours": office_closed_now()})
     office = bot.settings.handoff
     assert not office.hours.is_open(datetime.now(UTC), ZoneInfo(office.timezone))  # only the reps' hours are
-    IMAGES.mkdir(parents=True, exist_ok=True)
+    images = Path(os.environ.get("DOCS_TOUR_IMAGES") or tmp_path)
+    images.mkdir(parents=True, exist_ok=True)
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             context = await browser.new_context(viewport={"width": WIDTH, "height": HEIGHT})
-            tour = Tour(await context.new_page(), await context.new_page(), bot.url)
+            tour = Tour(await context.new_page(), await context.new_page(), bot.url, images)
             await tour.customer.goto(f"{bot.url}/sandbox")
             await group_buy(tour)
             await invite(tour)
