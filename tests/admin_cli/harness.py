@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from aiohttp import web
 from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -58,3 +61,27 @@ class ScrmRunner:
             return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
         return self.run(work)
+
+
+@contextmanager
+def served(*apps: web.Application) -> Iterator[list[str]]:
+    """Each app on a free loopback port, in a thread of its own (the CLI under test runs its own event
+    loop); their base URLs, e.g. the fake WeChat API's `…/cgi-bin` is `served(fake.app())[0] + "/cgi-bin"`."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runners = [web.AppRunner(app, access_log=None) for app in apps]
+
+    async def start(runner: web.AppRunner) -> str:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    try:
+        yield [asyncio.run_coroutine_threadsafe(start(runner), loop).result(10) for runner in runners]
+    finally:
+        for runner in runners:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

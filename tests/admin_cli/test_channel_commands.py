@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,6 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from aiohttp import web
 from click.testing import CliRunner, Result
 from sqlalchemy import text
 
@@ -36,6 +34,7 @@ from crm_store.customers import Profile, resolve_customer
 from crm_store.db import create_engine, session_factory
 from flows.loader import read_directory
 from flows.publishing import publish_flows, validate
+from tests.admin_cli.harness import served
 from tests.conftest import Backend
 
 VALID = Path(__file__).resolve().parents[1] / "flows" / "fixtures" / "valid"  # flows coupon, price_question
@@ -51,23 +50,8 @@ class FakeServer:
 def fake_api(clean_env: None) -> Iterator[FakeServer]:
     """The sandbox's fake API, with config.yaml's sandbox credentials, on a free port in its own thread."""
     fake = fake_for(load_settings(nlu={"mode": "rules"}))
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner: list[web.AppRunner] = []
-
-    async def start() -> int:
-        runner.append(web.AppRunner(fake.app(), access_log=None))
-        await runner[0].setup()
-        await web.TCPSite(runner[0], "127.0.0.1", 0).start()
-        return int(runner[0].addresses[0][1])
-
-    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield FakeServer(fake, f"http://127.0.0.1:{port}/cgi-bin")
-    asyncio.run_coroutine_threadsafe(runner[0].cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with served(fake.app()) as (url,):
+        yield FakeServer(fake, f"{url}/cgi-bin")
 
 
 class Scrm:

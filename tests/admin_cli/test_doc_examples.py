@@ -29,7 +29,6 @@ import os
 import re
 import shlex
 import shutil
-import threading
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from bot.settings import load_settings
 from crm_store.customers import Profile, resolve_customer
 from crm_store.db import create_engine, session_factory
 from crm_store.migrate import upgrade
+from tests.admin_cli.harness import served
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_STORE = "cli.md#examples"  # a page that links there runs on the example store, any other on a new one
@@ -174,22 +174,8 @@ def outside() -> Iterator[str]:
         return web.json_response({"ok": True})
 
     app.router.add_post("/hooks/{path:.*}", received)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = web.AppRunner(app, access_log=None)
-
-    async def start() -> int:
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return int(runner.addresses[0][1])
-
-    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield f"http://127.0.0.1:{port}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with served(app) as (url,):
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from bot.sandbox.fake_wechat import FakeWeChat
 from crm_store.migrate import head_revision, upgrade_async
 from nlu.rasa_runtime import model_file
 from nlu.settings import NluSettings
-from tests.admin_cli.harness import ScrmRunner
+from tests.admin_cli.harness import ScrmRunner, served
 from tests.bot.conftest import make_settings
 from tests.conftest import Backend, create_pg_database, drop_pg_database
 
@@ -88,28 +87,12 @@ def healthy(fake: FakeWeChat) -> None:
 @pytest.fixture
 def outside(clean_env: None) -> Iterator[Outside]:
     fake, rasa = FakeWeChat(CORP, [KF_SECRET, CONTACTS_SECRET, APP_SECRET], OA_ID, OA_SECRET), FakeRasa()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runners.append(web.AppRunner(app, access_log=None))
-        await runners[-1].setup()
-        await web.TCPSite(runners[-1], "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{runners[-1].addresses[0][1]}"
-
-    api_url = asyncio.run_coroutine_threadsafe(start(fake.app()), loop).result(10) + "/cgi-bin"
-    rasa_url = asyncio.run_coroutine_threadsafe(start(rasa.app()), loop).result(10)
-    healthy(fake)
-    env = {"SCRM__SANDBOX__ENABLED": "false", "SCRM__WECOM__API_BASE": api_url, "SCRM__OA__API_BASE": api_url,
-           **flat_env("SCRM__WECOM", WECOM), **flat_env("SCRM__OA", OA)}
-    yield Outside(fake, api_url, rasa, rasa_url, env)
-    for runner in runners:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with served(fake.app(), rasa.app()) as (api_root, rasa_url):
+        api_url = api_root + "/cgi-bin"
+        healthy(fake)
+        env = {"SCRM__SANDBOX__ENABLED": "false", "SCRM__WECOM__API_BASE": api_url, "SCRM__OA__API_BASE": api_url,
+               **flat_env("SCRM__WECOM", WECOM), **flat_env("SCRM__OA", OA)}
+        yield Outside(fake, api_url, rasa, rasa_url, env)
 
 
 class Doctor(ScrmRunner):

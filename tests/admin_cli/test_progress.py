@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pty
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +25,9 @@ from admin_cli.progress import PlainProgress, chosen_kind, progress, span
 from crm_store import social
 from crm_store.migrate import alembic_config, pending
 from crm_store.models import Customer, CustomerTag, Tag
-from crm_store.tags import sync_catalog
 from tests.admin_cli.test_growth_commands import Scrm as GrowthScrm
 from tests.admin_cli.test_growth_commands import bumped
-from tests.admin_cli.test_sequence_commands import CATALOG, DRESS, VALID, Scrm
+from tests.admin_cli.test_sequence_commands import Scrm, sequence_store
 from tests.conftest import Backend
 
 ESCAPES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")  # anything but a newline: colours, \r, cursor moves
@@ -126,11 +124,7 @@ def many_customers(scrm: Scrm, count: int, tag: str) -> None:
 @pytest.fixture
 def dress_lead(backend: Backend, tmp_path: Path, clean_env: None) -> Scrm:
     """dress_lead published, and 300 customers tagged 连衣裙 (its segment below)."""
-    shutil.copytree(VALID, tmp_path / "flows")
-    (tmp_path / "flows" / "sequences").mkdir()
-    run = Scrm(backend.store_url, tmp_path / "flows")
-    run.write("dress_lead.yaml", DRESS)
-    run.run(lambda session: sync_catalog(session, CATALOG))
+    run = sequence_store(backend, tmp_path)
     run("publish")
     many_customers(run, 300, "连衣裙")
     return run

@@ -6,15 +6,12 @@ served on a local port in a thread of its own (the CLI runs `asyncio.run` itself
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +27,7 @@ from crm_store.models import Customer, OutboxItem, TimelineEvent
 from crm_store.office_hours import ALWAYS
 from crm_store.reps import add_rep, mark_left
 from crm_store.tags import sync_catalog
-from tests.admin_cli.harness import ScrmRunner
+from tests.admin_cli.harness import ScrmRunner, served
 from tests.conftest import Backend
 
 T = TypeVar("T")
@@ -247,24 +244,8 @@ def wecom_api(clean_env: None) -> Iterator[tuple[FakeWeChat, str]]:
     """The sandbox's fake API on a free port, in its own thread, also listing one unassigned customer of zhangsan."""
     fake = fake_for(SETTINGS)
     fake.add_unassigned("zhangsan", "wm_stranger")
-    app = fake.app()
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = web.AppRunner(app, access_log=None)
-
-    async def start() -> int:
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        return int(runner.addresses[0][1])
-
-    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    yield fake, f"http://127.0.0.1:{port}/cgi-bin"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
+    with served(fake.app()) as (url,):
+        yield fake, f"{url}/cgi-bin"
 
 
 def test_leave_moves_customers_and_open_handoffs(backend: Backend, wecom_api: tuple[FakeWeChat, str]) -> None:

@@ -83,6 +83,11 @@ class Scrm(ScrmRunner):
 
 @pytest.fixture
 def scrm(backend: Backend, tmp_path: Path, clean_env: None) -> Scrm:
+    return sequence_store(backend, tmp_path)
+
+
+def sequence_store(backend: Backend, tmp_path: Path) -> Scrm:
+    """A flow directory with dress_lead.yaml (not yet published) and the tag catalog in the store."""
     shutil.copytree(VALID, tmp_path / "flows")
     (tmp_path / "flows" / "sequences").mkdir()
     run = Scrm(backend.store_url, tmp_path / "flows")
