@@ -11,7 +11,7 @@ run: install rasa  ## create the virtualenvs, migrate, start the bot with the sa
 	$(BIN)/scrm serve
 
 test: install rasa browser  ## the whole test suite, the layer contract included (PostgreSQL and Redis on 127.0.0.1 are used)
-	$(BIN)/python -m pytest -q -n 4 --dist loadfile
+	$(BIN)/python -m pytest -q
 
 screenshots: install browser  ## the quick start's tour walked in Chromium, its pictures written to docs/images/
 	DOCS_TOUR_IMAGES=docs/images $(BIN)/python -m pytest -q tests/bot/test_demo_tour.py
