@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.allowances import HeldMessage
 from crm_store.enrolments import REPLY_WINDOW
 from crm_store.handoff_models import OPEN_STATUSES, Handoff
 from crm_store.models import Customer, FlowRelease, Identity
@@ -30,6 +31,7 @@ class CustomerFacts:
     open_handoff: bool  # a handoff is queued, offered or taken
     running_enrolments: bool  # enrolled in a sequence (active or paused)
     unreplied_sends: bool  # a sequence step or push sent within the reply window, not yet replied to
+    held_messages: bool = False  # notifications wait for the customer's next message (no allowance was left)
 
 
 # Built once: executing the same statement object skips its construction and its cache key (memoized).
@@ -41,6 +43,7 @@ _KNOWN_CUSTOMER = (
         exists().where(Enrolment.customer_id == Customer.id, Enrolment.status.in_(ENROLLED)),
         exists().where(NurtureSend.customer_id == Customer.id, NurtureSend.status == "sent",
                        NurtureSend.replied_at.is_(None), NurtureSend.sent_at >= bindparam("replied_since")),
+        exists().where(HeldMessage.customer_id == Customer.id),
     )
     .join(Identity)
     .where(Identity.kind == bindparam("kind"), Identity.external_id == bindparam("external_id"))
@@ -56,5 +59,5 @@ async def known_customer(
     row = (await session.execute(_KNOWN_CUSTOMER, params)).first()
     if row is None or row[0].merged_into_id is not None:
         return None
-    customer, release_id, open_handoff, enrolled, unreplied = row
-    return customer, CustomerFacts(release_id, bool(open_handoff), bool(enrolled), bool(unreplied))
+    customer, release_id, open_handoff, enrolled, unreplied, held = row
+    return customer, CustomerFacts(release_id, bool(open_handoff), bool(enrolled), bool(unreplied), bool(held))

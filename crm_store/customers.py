@@ -15,6 +15,7 @@ from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.allowances import HeldMessage
 from crm_store.growth_merge import merge_growth
 from crm_store.handoff_merge import merge_handoffs
 from crm_store.models import (
@@ -121,7 +122,7 @@ async def _attach_unionid(session: AsyncSession, customer: Customer, unionid: st
 
 
 async def merge_customers(session: AsyncSession, keep: Customer, absorb: Customer) -> None:
-    """Move identities, timeline, tags, stage history, conversations, pending messages and the growth
+    """Move identities, timeline, tags, stage history, conversations, pending and held messages and the growth
     history (referrals, groups, rewards, social value: crm_store/growth_merge.py) and the handoffs
     to `keep`.
 
@@ -141,7 +142,8 @@ async def merge_customers(session: AsyncSession, keep: Customer, absorb: Custome
         .values(status="ended", end_reason="merged", wake_at=None)
         .execution_options(synchronize_session=False)
     )
-    for model in (Identity, TimelineEvent, OutboxItem, CustomerTag, IntentCount, StageChange, Conversation):
+    for model in (Identity, TimelineEvent, OutboxItem, CustomerTag, IntentCount, StageChange, Conversation,
+                  HeldMessage):
         await session.execute(
             update(model)
             .where(model.customer_id == absorb.id)

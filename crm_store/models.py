@@ -318,6 +318,7 @@ class Conversation(Base):
 
 
 # The growth tables reference customers and are referenced by them: one metadata.
+from crm_store import allowances as _allowances  # noqa: E402,F401
 from crm_store import api_models as _api_models  # noqa: E402,F401
 from crm_store import growth_models as _growth_models  # noqa: E402,F401
 from crm_store import handoff_models as _handoff_models  # noqa: E402,F401
