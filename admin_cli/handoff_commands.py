@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli.common import fields, in_store, json_option, table, when
 from admin_cli.main import cli, echo_json, settings_of
-from bot.delivery import write_side_effect
+from bot.effects_writer import write_side_effect
 from core.events import Notify, SideEffect, ToRep
 from crm_store.customer_queries import current_customer
 from crm_store.handoff_models import Rep

@@ -10,15 +10,15 @@ Account (`message/custom/send`), or a rep in the self-built app (`message/send`)
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.events import Effect, InboundEvent, KfState, Note, Notify, Reply, SideEffect, ToRep
+from bot.quota import as_oa_text
+from core.events import InboundEvent, KfState, Reply, ToRep
 from core.reply_address import ReplyAddress
-from crm_store.customers import record
 from crm_store.models import Customer, OutboxItem
 
 # kind -> (credential name, API path, safe to resend after a crash mid-send)
@@ -206,15 +206,7 @@ def _oa_content(reply: Reply) -> dict[str, Any]:
         return {"msgtype": "miniprogrampage", "miniprogrampage": {"title": card.title, "appid": card.appid,
                                                                   "pagepath": card.pagepath,
                                                                   "thumb_media_id": card.thumb_media_id}}
-    return {"msgtype": "text", "text": {"content": _oa_text(reply)}}
-
-
-def _oa_text(reply: Reply) -> str:
-    """The OA has no kf menus: list the choices as text the customer can type back."""
-    if not reply.menu:
-        return reply.text
-    choices = "\n".join(f"{index}. {item.text}" for index, item in enumerate(reply.menu, start=1))
-    return f"{reply.menu_head or reply.text}\n{choices}"
+    return {"msgtype": "text", "text": {"content": as_oa_text(reply).text}}
 
 
 # ---------------------------------------------------------------- outbox rows
@@ -231,71 +223,6 @@ def queue_call(session: AsyncSession, dedup_key: str, call: OutboundCall, custom
 def effect_key(origin_key: str, index: int) -> str:
     """The outbox row key of the `index`-th row a turn (or a wake-up, a rep's command) wrote."""
     return f"{origin_key}#{index}"
-
-
-async def write_effects(
-    session: AsyncSession,
-    origin_key: str,
-    event: InboundEvent,
-    customer: Customer,
-    effects: Sequence[Effect],
-    agent_id: int = 0,
-) -> int:
-    """Timeline notes and outbox rows for a turn's effects; the number of messages queued.
-
-    Outbox keys derive from `origin_key` (the inbox item, or a conversation's wake-up),
-    so a turn that is run again after a crash cannot queue its replies twice.
-    """
-    queued = replies = 0  # rows written / replies to this customer (the first may use a welcome code)
-    for effect in effects:
-        if isinstance(effect, Note):
-            await record(session, customer.id, effect.kind, effect.data)
-            continue
-        if not isinstance(effect, Reply):
-            queued += await write_side_effect(session, effect_key(origin_key, queued), effect, agent_id)
-            continue
-        if event.channel == "api":  # nobody wrote: the answer goes where the customer last chatted
-            queued += await write_notification(session, effect_key(origin_key, queued),
-                                               Notify(customer.id, effect.text, str(event.extra.get("name", ""))),
-                                               agent_id)
-            continue
-        call = reply_call(event.reply_address, effect, agent_id, welcome_of(event) if replies == 0 else None)
-        if call is None:
-            await record(session, customer.id, "reply.undeliverable", {"channel": event.channel})
-            continue
-        queue_call(session, effect_key(origin_key, queued), call, customer.id)
-        await record(session, customer.id, "outbound.reply", {"text": effect.text[:200], "via": call.kind})
-        replies += 1
-        queued += 1
-    return queued
-
-
-async def write_side_effect(session: AsyncSession, dedup_key: str, effect: SideEffect,
-                            agent_id: int = 0) -> int:
-    """An effect that is not a reply in the customer's own turn: its outbox row (or why none); rows written."""
-    if isinstance(effect, Notify):
-        return await write_notification(session, dedup_key, effect, agent_id)
-    if isinstance(effect, ToRep):
-        call, queue_key, customer_id = rep_call(effect, agent_id), f"rep:{effect.userid}", None
-    else:
-        call, queue_key, customer_id = kf_state_call(effect), f"customer:{effect.customer_id}", effect.customer_id
-    queue_call(session, dedup_key, call, customer_id, queue_key)
-    return 1
-
-
-async def write_notification(session: AsyncSession, dedup_key: str, notify: Notify, agent_id: int = 0) -> int:
-    """An outbox row that tells another customer something, on the channel they last chatted on
-    while the platform still lets us write to them there; recorded as undeliverable otherwise."""
-    target = await session.get(Customer, notify.customer_id)
-    call, why = (None, "unknown customer") if target is None else notify_call(target.reach, notify.text, agent_id)
-    if call is None:
-        await record(session, notify.customer_id, "notify.undeliverable", {"reason": why, "about": notify.reason,
-                                                                            "text": notify.text[:200]})
-        return 0
-    queue_call(session, dedup_key, call, notify.customer_id)
-    await record(session, notify.customer_id, "outbound.notify",
-                 {"text": notify.text[:200], "via": call.kind, "about": notify.reason})
-    return 1
 
 
 def remember_reach(customer: Customer, event: InboundEvent) -> None:

@@ -16,7 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.channel_rota import refresh_rotas
-from bot.delivery import write_notification
+from bot.effects_writer import write_notification
 from bot.jobs import every
 from bot.wechat_api import WeChatApi
 from core.events import Notify

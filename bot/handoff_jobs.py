@@ -15,7 +15,7 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import write_side_effect
+from bot.effects_writer import write_side_effect
 from bot.jobs import every
 from crm_store.handoffs import claim_due
 from crm_store.models import as_utc, utcnow

@@ -6,12 +6,15 @@ per transaction) and decides each one in memory from data loaded once per batch:
     enrolment ended or sequence paused → skip / wait      unsubscribed → skip, exit
     a rep has the customer → wait                         step condition false → skip, next step
     quiet hours → wait for the morning                    daily cap reached → wait until it frees
-    a channel that may deliver now: kf or OA inside the 48-hour window, else a WeCom group-message
-    task for the owning rep (monthly limit) → outbox row; none → skip with the reason
+    a channel that may deliver now: kf or OA inside the 48-hour window while the customer's quota
+    allowance has a message left, else a WeCom group-message task for the owning rep (monthly
+    limit) → outbox row; the window open but its allowance spent → wait for the customer's next
+    message (looked at again every `quota_recheck_s`); neither → skip with the reason
 
-The send's new status, its outbox row and the next step's pending send commit together, so a
-crash (even SIGKILL) redoes a whole batch or none of it, and two processes never take the same
-row. The outbox sender paces the API calls and backs off on 45009.
+The send's new status, its outbox row, the allowance it spent and the next step's pending send
+commit together, so a crash (even SIGKILL) redoes a whole batch or none of it, and two processes
+never take the same row. The batch's facts are loaded by bot/nurture_batch.py. The outbox sender
+paces the API calls and backs off on 45009.
 """
 
 from __future__ import annotations
@@ -23,26 +26,27 @@ from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery import OutboundCall, notify_call, queue_call
 from bot.jobs import every
+from bot.nurture_batch import CAP_WINDOW, Batch, BatchLoader
+from bot.quota import SPENDS_ALLOWANCE
+from core import metrics
 from core.sequences import Condition, NurtureSequence
 from core.templates import parse_template, render
-from crm_store.enrolments import SequenceCatalog, schedule_step
-from crm_store.growth_models import GroupBuy, GroupMember, SocialStats
-from crm_store.handoff_models import OPEN_STATUSES, Handoff
+from crm_store.enrolments import schedule_step
 from crm_store.lifecycle import Lifecycle
-from crm_store.models import Conversation, Customer, CustomerTag, Identity, Tag, as_utc, utcnow
-from crm_store.nurture_models import Enrolment, NurtureSend, Push, SequenceState
+from crm_store.models import Customer, as_utc, utcnow
+from crm_store.nurture_models import Enrolment, NurtureSend
 from crm_store.nurture_settings import NurtureSettings
 
 log = logging.getLogger("scrm.nurture")
 
 GROUP_MESSAGE = "contacts.add_msg_template"
 PAUSED_RECHECK = timedelta(minutes=15)
-CAP_WINDOW = timedelta(hours=24)
+NO_QUOTA = "no quota"
 
 
 @dataclass
@@ -59,35 +63,32 @@ class Outcome:
             self.reasons[reason] += count
 
 
-@dataclass
-class Batch:
-    """What the decisions of one batch read, loaded with one query each."""
+@dataclass(frozen=True)
+class Route:
+    """How a send may go now: a call and its channel, or none and why."""
 
-    customers: dict[int, Customer]
-    enrolments: dict[int, Enrolment]
-    pushes: dict[int, Push]
-    paused: set[str]
-    handed_off: set[int]
-    recent: dict[int, tuple[int, datetime]]  # marketing sent in the cap window: count, oldest
-    group_messages: dict[int, int]  # this month, brand time
-    tags: dict[int, set[str]]
-    social: dict[int, float]
-    slots: dict[int, dict[str, str]]
-    wecom_ids: dict[int, str]
-    groups_filled: dict[int, datetime]  # the customer's latest filled group-buy
-    sequences: dict[tuple[str, int], NurtureSequence]  # (name, version) of the batch's enrolments
+    call: OutboundCall | None
+    via: str = ""
+    why: str = ""
+    no_quota: bool = False  # the chat window is open but its allowance is spent (routed, or waiting)
+    spends: bool = False  # the call takes a message from the customer's allowance
 
 
 class NurtureDispatcher:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], settings: NurtureSettings, lifecycle: Lifecycle,
-                 agent_id: int = 0) -> None:
+                 agent_id: int = 0, budgets: bool = True) -> None:
+        """`budgets=False` sends inside the chat window without asking the quota ledger: for the benchmark's
+        comparison only (the platform refuses what the ledger would have held)."""
         self.sessions = sessions
         self.settings = settings
         self.lifecycle = lifecycle
         self.agent_id = agent_id
+        self.budgets = budgets
         self.zone = ZoneInfo(settings.timezone)
-        self.catalog = SequenceCatalog()
+        self.loader = BatchLoader(self.zone, budgets)
         self.on_outbox = lambda: None
+        if not budgets:
+            log.warning("nurture.budgets.off sends are not fitted to the platform's quota (a benchmark's baseline)")
 
     def schedule(self, scheduler: AsyncIOScheduler) -> None:
         every(scheduler, self.settings.interval_s, "nurture-due", self.run_due)
@@ -118,12 +119,13 @@ class NurtureDispatcher:
     # ------------------------------------------------------------ one batch
 
     async def _decide_all(self, session: AsyncSession, sends: list[NurtureSend], now: datetime) -> Outcome:
-        batch = await self._load(session, sends, now)
+        batch = await self.loader.load(session, sends, now)
         outcome = Outcome()
         for send in sends:
             enrolment = batch.enrolments.get(send.enrolment_id or 0)
             sequence = None if enrolment is None else batch.sequences[(enrolment.sequence, enrolment.version)]
             await self._decide(session, send, enrolment, sequence, batch, now, outcome)
+        await batch.save_allowances(session)
         await session.flush()
         return outcome
 
@@ -168,14 +170,31 @@ class NurtureDispatcher:
         count, oldest = batch.recent.get(customer.id, (0, now))
         if count >= self.settings.cap_per_day:
             return self._defer(send, oldest + CAP_WINDOW, "daily cap", outcome)
-        call, via, why = self._channel(customer, self._render(text, customer), batch, now)
-        if call is None:
-            return self._skip(session, send, enrolment, sequence, now, f"no channel: {why}", outcome)
-        queue_call(session, f"nurture:{send.id}", call, customer.id)
+        return self._send(session, send, enrolment, sequence, customer, self._render(text, customer), batch, now,
+                          outcome)
+
+    def _send(self, session: AsyncSession, send: NurtureSend, enrolment: Enrolment | None,
+              sequence: NurtureSequence | None, customer: Customer, text: str, batch: Batch, now: datetime,
+              outcome: Outcome) -> None:
+        """Through a channel that may deliver now (the send, its outbox row and the next step together);
+        or waiting for the customer's next message; or skipped with the reason."""
+        route = self._channel(customer, text, batch, now)
+        source = "push" if send.push_id else "nurture"
+        if route.call is None and route.no_quota:
+            metrics.QUOTA_DECISIONS.labels(source, "deferred").inc()
+            return self._defer(send, now + timedelta(seconds=self.settings.quota_recheck_s), NO_QUOTA, outcome)
+        if route.call is None:
+            return self._skip(session, send, enrolment, sequence, now, f"no channel: {route.why}", outcome)
+        queue_call(session, f"nurture:{send.id}", route.call, customer.id)
+        count, oldest = batch.recent.get(customer.id, (0, now))
         batch.recent[customer.id] = (count + 1, min(oldest, now))
-        if via == "groupmsg":
+        if route.spends:
+            batch.spend(customer.id, route.via, now)
+        if route.via == "groupmsg":
             batch.group_messages[customer.id] = batch.group_messages.get(customer.id, 0) + 1
-        send.via = via
+            if route.no_quota:
+                metrics.QUOTA_DECISIONS.labels(source, "routed").inc()
+        send.via = route.via
         self._finish(send, "sent", "", now, outcome)
         if enrolment is not None and sequence is not None:
             if sequence.steps[send.step_index].exit:
@@ -249,108 +268,22 @@ class NurtureDispatcher:
             "customer.name": customer.display_name or "您", "customer.id": customer.id,
             "customer.stage": customer.stage, "customer.stage_label": self.lifecycle.label(customer.stage)})
 
-    def _channel(self, customer: Customer, text: str, batch: Batch, now: datetime
-                 ) -> tuple[OutboundCall | None, str, str]:
-        """The call that may deliver now: a kf or OA message in the 48-hour window, else a rep's group message."""
-        call, why = notify_call(customer.reach or {}, text, self.agent_id, now=now.timestamp())
-        if call is not None:
-            return call, str((customer.reach or {}).get("channel", "")), ""
+    def _channel(self, customer: Customer, text: str, batch: Batch, now: datetime) -> Route:
+        """The call that may deliver now: a kf or OA message in the 48-hour window while the customer's
+        allowance has one left, else a rep's group message."""
+        reach = customer.reach or {}
+        call, why = notify_call(reach, text, self.agent_id, now=now.timestamp())
+        channel = str(reach.get("channel", ""))
+        spends = call is not None and self.budgets and call.kind in SPENDS_ALLOWANCE
+        if call is not None and (not spends or batch.left(customer.id, channel, now) > 0):
+            return Route(call, channel, spends=spends)
+        no_quota = call is not None  # inside the window, nothing left: the customer's next message earns more
         external = batch.wecom_ids.get(customer.id)
         if not customer.owner_userid or external is None:
-            return None, "", why
+            return Route(None, why=why, no_quota=no_quota)
         if batch.group_messages.get(customer.id, 0) >= self.settings.group_messages_per_month:
-            return None, "", f"{why}; WeCom's {self.settings.group_messages_per_month} group messages this month used"
+            used = f"{why}; WeCom's {self.settings.group_messages_per_month} group messages this month used"
+            return Route(None, why=used, no_quota=no_quota)
         payload = {"chat_type": "single", "external_userid": [external], "sender": customer.owner_userid,
                    "text": {"content": text}}
-        return OutboundCall(GROUP_MESSAGE, payload), "groupmsg", ""
-
-    # ------------------------------------------------------------ loading
-
-    async def _load(self, session: AsyncSession, sends: list[NurtureSend], now: datetime) -> Batch:
-        """One query per kind of fact, and only for the customers whose decision can need it."""
-        ids = list({send.customer_id for send in sends})
-        enrolment_ids = [send.enrolment_id for send in sends if send.enrolment_id]
-        push_ids = list({send.push_id for send in sends if send.push_id})
-        customers = {c.id: c for c in await session.scalars(select(Customer).where(Customer.id.in_(ids)))}
-        enrolments = {e.id: e for e in await session.scalars(select(Enrolment).where(Enrolment.id.in_(enrolment_ids)))}
-        pushes = {p.id: p for p in await session.scalars(select(Push).where(Push.id.in_(push_ids)))} if push_ids else {}
-        sequences = {key: await self.catalog.get(session, *key)
-                     for key in {(e.sequence, e.version) for e in enrolments.values()}}
-        paused = set(await session.scalars(select(SequenceState.name).where(SequenceState.paused.is_(True))))
-        handed_off = set(await session.scalars(select(Handoff.customer_id).where(
-            Handoff.customer_id.in_(ids), Handoff.status.in_(OPEN_STATUSES))))
-        recent = {cid: (int(n), as_utc(oldest) if oldest else now) for cid, n, oldest in await session.execute(
-            select(NurtureSend.customer_id, func.count(), func.min(NurtureSend.sent_at))
-            .where(NurtureSend.customer_id.in_(ids), NurtureSend.status == "sent",
-                   NurtureSend.sent_at > now - CAP_WINDOW)
-            .group_by(NurtureSend.customer_id))}
-        conditions: dict[int, Condition] = {}
-        filled_watch: list[int] = []
-        for send in sends:
-            enrolment = enrolments.get(send.enrolment_id or 0)
-            if enrolment is None:
-                continue
-            sequence = sequences[(enrolment.sequence, enrolment.version)]
-            when = sequence.steps[send.step_index].when if send.step_index < len(sequence.steps) else None
-            if when is not None:
-                conditions[send.customer_id] = when
-            if sequence.exits_on("group_filled"):
-                filled_watch.append(send.customer_id)
-        unreachable = [cid for cid, c in customers.items() if notify_call(c.reach or {}, "", now=now.timestamp())[0]
-                       is None]
-        return Batch(customers, enrolments, pushes, paused, handed_off, recent,
-                     await self._group_messages(session, unreachable, now), *await self._facts(session, conditions),
-                     await self._wecom_ids(session, unreachable), await self._groups_filled(session, filled_watch),
-                     sequences)
-
-    async def _facts(self, session: AsyncSession, conditions: dict[int, Condition]
-                     ) -> tuple[dict[int, set[str]], dict[int, float], dict[int, dict[str, str]]]:
-        """Tags, social scores and slots, for the customers whose step has a condition on them."""
-        tags: dict[int, set[str]] = defaultdict(set)
-        social: dict[int, float] = {}
-        slots: dict[int, dict[str, str]] = {}
-        need = {kind: [cid for cid, c in conditions.items() if test(c)] for kind, test in (
-            ("tags", lambda c: bool(c.tags or c.not_tags)), ("social", lambda c: c.social_min is not None),
-            ("slots", lambda c: bool(c.slots)))}
-        if need["tags"]:
-            for cid, name in await session.execute(select(CustomerTag.customer_id, Tag.name).join(Tag)
-                                                   .where(CustomerTag.customer_id.in_(need["tags"]))):
-                tags[cid].add(name)
-        if need["social"]:
-            social = {cid: float(score) for cid, score in await session.execute(
-                select(SocialStats.customer_id, SocialStats.score).where(SocialStats.customer_id.in_(need["social"])))}
-        if need["slots"]:
-            for cid, values in await session.execute(
-                    select(Conversation.customer_id, Conversation.slots)
-                    .where(Conversation.customer_id.in_(need["slots"])).order_by(Conversation.id)):
-                slots[cid] = {**slots.get(cid, {}), **(values or {})}  # the latest conversation's slots win
-        return dict(tags), social, slots
-
-    async def _group_messages(self, session: AsyncSession, ids: list[int], now: datetime) -> dict[int, int]:
-        """Group messages each customer got this month (brand time): WeCom's monthly limit."""
-        if not ids:
-            return {}
-        month = datetime.combine(now.astimezone(self.zone).date().replace(day=1), time(), self.zone)
-        return {cid: int(n) for cid, n in await session.execute(
-            select(NurtureSend.customer_id, func.count())
-            .where(NurtureSend.customer_id.in_(ids), NurtureSend.status == "sent", NurtureSend.via == "groupmsg",
-                   NurtureSend.sent_at >= month)
-            .group_by(NurtureSend.customer_id))}
-
-    @staticmethod
-    async def _wecom_ids(session: AsyncSession, ids: list[int]) -> dict[int, str]:
-        if not ids:
-            return {}
-        return {cid: ext for cid, ext in await session.execute(
-            select(Identity.customer_id, Identity.external_id).where(Identity.customer_id.in_(ids),
-                                                                     Identity.kind == "wecom"))}
-
-    @staticmethod
-    async def _groups_filled(session: AsyncSession, ids: list[int]) -> dict[int, datetime]:
-        if not ids:
-            return {}
-        return {cid: as_utc(at) for cid, at in await session.execute(
-            select(GroupMember.customer_id, func.max(GroupBuy.closed_at))
-            .join(GroupBuy, GroupBuy.id == GroupMember.group_id)
-            .where(GroupMember.customer_id.in_(ids), GroupBuy.status == "filled").group_by(GroupMember.customer_id))
-            if at is not None}
+        return Route(OutboundCall(GROUP_MESSAGE, payload), "groupmsg", no_quota=no_quota)

@@ -18,7 +18,8 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import OutboundCall, queue_call, write_side_effect
+from bot.delivery import OutboundCall, queue_call
+from bot.effects_writer import write_side_effect
 from bot.runtime import build_apis
 from bot.settings import Settings
 from bot.wechat_api import WeChatApi

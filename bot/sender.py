@@ -22,11 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.corp_tags import CorpTags
 from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
 from bot.queue_runner import put_back_after_fault
+from bot.quota import SPENDS_ALLOWANCE
 from bot.webhook_sender import WebhookSender
 from bot.wechat_api import RATE_LIMITED, ApiError, NotSent, WeChatApi
 from core import metrics
+from core.allowance import QUOTA_REFUSALS, refusal_reason
 from core.faults import FAULTS, fault_component
-from crm_store import work_queue
+from crm_store import allowances, work_queue
+from crm_store.customers import record
 from crm_store.models import OutboxItem
 from crm_store.webhooks import WEBHOOK_POST
 from crm_store.work_queue import ClaimLost
@@ -143,6 +146,9 @@ class OutboxSender:
     async def _failed(self, item: OutboxItem, exc: ApiError) -> None:
         metrics.SEND_ERRORS.labels(item.kind, str(exc.errcode)).inc()
         reason = f"errcode {exc.errcode}: {exc.errmsg}"
+        if exc.errcode in QUOTA_REFUSALS and item.kind in SPENDS_ALLOWANCE:
+            await self._refused(item, exc, reason)
+            return
         if exc.errcode == RATE_LIMITED:
             self.on_rate_limited(self.rate_limit_pause_s)
         if exc.retryable and item.attempts < self.max_attempts:
@@ -152,6 +158,27 @@ class OutboxSender:
             return
         log.error("sender.failed id=%s kind=%s %s", item.id, item.kind, reason)
         await self._close(item, "failed", reason)
+
+    async def _refused(self, item: OutboxItem, exc: ApiError, reason: str) -> None:
+        """The platform would not take it (quota, window, a rep's session): not retried blindly. The ledger
+        believed otherwise (another system may write to the customer too): it is corrected from the refusal."""
+        why = refusal_reason(exc.errcode)
+        metrics.QUOTA_DECISIONS.labels(item.kind, f"refused_{why}").inc()
+        log.warning("sender.refused id=%s kind=%s customer=%s %s", item.id, item.kind, item.customer_id, reason)
+
+        async def correct(session: AsyncSession) -> None:
+            await work_queue.finish(session, item, "failed", f"refused by the platform ({why}): {reason}")
+            if item.customer_id is not None:
+                channel = item.kind.split(".")[0]
+                allowance = await allowances.load(session, item.customer_id, channel)
+                await allowances.save(session, item.customer_id, allowance.refused(exc.errcode, time.time()))
+                await record(session, item.customer_id, "outbound.refused",
+                             {"reason": why, "errcode": exc.errcode, "via": item.kind})
+
+        try:
+            await self._record(correct)
+        except ClaimLost:
+            log.warning("sender.claim_lost id=%s", item.id)
 
     async def _close(self, item: OutboxItem, status: str, error: str | None) -> None:
         try:

@@ -14,7 +14,7 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import write_effects
+from bot.effects_writer import write_effects
 from bot.jobs import every
 from bot.worker import TurnPipeline
 from core import metrics

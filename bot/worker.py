@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.delivery import effect_key, remember_reach, write_effects, write_side_effect
+from bot.delivery import effect_key, remember_reach
+from bot.effects_writer import write_effects, write_side_effect
 from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner, put_back_after_fault
@@ -112,7 +113,8 @@ class InboxWorker:
             turn = Turn(session, event, customer, is_new_customer=not known, facts=facts)
             effects = await self.pipeline.run(turn)
             inbound.update(_understood(turn.intent))
-            wrote = await write_effects(session, item.dedup_key, event, customer, effects, self.app_agent_id)
+            wrote = await write_effects(session, item.dedup_key, event, customer, effects, self.app_agent_id,
+                                        held_waiting=facts is None or facts.held_messages)
             await write_timeline(session)
             sending = await self._claim_for_sending(session, item, wrote)
             await work_queue.finish(session, item)

@@ -26,6 +26,8 @@ INBOX_BACKLOG = Gauge("scrm_inbox_backlog", "Inbox items waiting or in progress"
 OUTBOX_BACKLOG = Gauge("scrm_outbox_backlog", "Outbox items waiting or in progress")
 OUTBOX_FAILED = Gauge("scrm_outbox_failed", "Outbox items that failed permanently")
 SENT = Counter("scrm_sent_total", "API calls delivered from the outbox", ["kind"])
+QUOTA_DECISIONS = Counter("scrm_quota_decisions_total", "Sends fitted to the platform's quota: merged, held back, "
+                          "held, deferred, routed, skipped, refused", ["source", "decision"])
 SEND_ERRORS = Counter("scrm_send_errors_total", "API errors while sending", ["kind", "errcode"])
 FLOWS_STARTED = Counter("scrm_flows_started_total", "Conversations started, by flow and trigger kind", ["flow", "trigger"])
 FLOWS_ENDED = Counter("scrm_flows_ended_total", "Conversations ended, by flow and reason", ["flow", "reason"])

@@ -21,5 +21,6 @@ class NurtureSettings(BaseModel):
     cap_per_day: int = Field(default=2, ge=1, le=50)  # marketing messages per customer per 24 h, all sources
     group_messages_per_month: int = Field(default=4, ge=0, le=31)  # WeCom: per customer, from the company
     handoff_recheck_s: int = Field(default=1800, ge=60)  # a rep has the customer: look again this much later
+    quota_recheck_s: int = Field(default=3600, ge=60)  # chat window open, its messages used: look again this later
     batch: int = Field(default=500, ge=1, le=5000)  # due sends claimed per transaction
     interval_s: float = Field(default=5.0, gt=0)  # how often the scheduler looks for due sends

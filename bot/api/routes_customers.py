@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.api.auth import ApiContext, context
 from bot.api.errors import ApiError, path_id, read_json, read_query
-from bot.delivery import write_effects
+from bot.effects_writer import write_effects
 from core.events import InboundEvent
 from crm_store.customer_queries import CustomerRow, current_customer, customer_card, find_customers
 from crm_store.lifecycle import StageNotAllowed, set_stage

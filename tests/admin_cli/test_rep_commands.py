@@ -20,7 +20,8 @@ from admin_cli.main import cli
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import fake_for
 from bot.settings import load_settings
-from crm_store import handoffs
+from core.allowance import Allowance
+from crm_store import allowances, handoffs
 from crm_store.customers import Profile, resolve_customer
 from crm_store.handoff_models import Handoff, Rep
 from crm_store.models import Customer, OutboxItem, TimelineEvent
@@ -50,9 +51,11 @@ class Scrm(ScrmRunner):
         async def work(session: AsyncSession) -> int:
             customer = await resolve_customer(session, "wecom", f"wm_{name}", Profile(display_name=name))
             customer.stage = stage
-            if reach:  # chatted in kf a moment ago: the bot may write to them
-                customer.reach = {"channel": "kf", "sender": f"wm_{name}", "account": "wk_shop",
-                                  "at": int(datetime.now(UTC).timestamp())}
+            if reach:  # chatted in kf a moment ago: the bot may write to them (five messages, 48 h)
+                now = datetime.now(UTC).timestamp()
+                customer.reach = {"channel": "kf", "sender": f"wm_{name}", "account": "wk_shop", "at": int(now)}
+                await session.flush()
+                await allowances.save(session, customer.id, Allowance("kf").earned("message", now))
             await session.flush()
             return customer.id
 

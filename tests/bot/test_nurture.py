@@ -14,8 +14,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.allowance import Allowance
 from core.sequences import SeqStep
+from crm_store import allowances
 from crm_store.enrolments import SequenceCatalog, due_at, enrol, publish
 from crm_store.handoffs import start
 from crm_store.lifecycle import Lifecycle
@@ -63,6 +66,14 @@ async def enrolled(bot: Bot, user: str, name: str = "new_lead") -> Customer:
         sequence, state = await SequenceCatalog().current(session, name)
         await enrol(session, customer.id, sequence, state.current_version, "admin", SHANGHAI)
     return customer
+
+
+async def wrote_at(session: AsyncSession, customer_id: int, at: datetime) -> None:
+    """What a kf message at `at` leaves in the store: the chat window's time and the 5 messages it earns."""
+    customer = await session.get_one(Customer, customer_id)
+    customer.reach = {**customer.reach, "at": int(at.timestamp())}
+    earned = (await allowances.load(session, customer_id, "kf")).earned("message", at.timestamp())
+    await allowances.save_many(session, {customer_id: earned})
 
 
 async def dispatch(bot: Bot, at: datetime) -> None:
@@ -140,8 +151,7 @@ async def test_quiet_hours_and_the_daily_cap_make_sends_wait_not_vanish(bot: Bot
     assert {row.reason for row in waiting} == {"waiting: quiet hours"}
     morning = night.replace(hour=8, minute=30) + timedelta(days=1)
     async with bot.runtime.sessions() as session, session.begin():  # Ben wrote again at 07:30: the kf window is open
-        customer = await session.get_one(Customer, ben.id)
-        customer.reach = {**customer.reach, "at": int((morning - timedelta(hours=1)).timestamp())}
+        await wrote_at(session, ben.id, morning - timedelta(hours=1))
     assert {as_utc(row.due_at).astimezone(SHANGHAI) for row in waiting} == {morning}
 
     await dispatch(bot, morning + timedelta(minutes=1))
@@ -150,8 +160,7 @@ async def test_quiet_hours_and_the_daily_cap_make_sends_wait_not_vanish(bot: Bot
     capped = [reason for _, status, reason in await sends(bot, ben.id) if status == "pending" and "cap" in reason]
     assert capped == ["waiting: daily cap"]
     async with bot.runtime.sessions() as session, session.begin():  # and again the next morning
-        customer = await session.get_one(Customer, ben.id)
-        customer.reach = {**customer.reach, "at": int((morning + timedelta(days=1)).timestamp())}
+        await wrote_at(session, ben.id, morning + timedelta(days=1))
     await dispatch(bot, morning + timedelta(days=1, minutes=2))
     assert len(texts(bot, "wmBen")) == before + 3
 
@@ -200,11 +209,14 @@ async def test_two_dispatchers_at_once_send_each_step_exactly_once(bot: Bot, tmp
     async with bot.runtime.sessions() as session, session.begin():
         sequence, state = await SequenceCatalog().current(session, "plain")
         reach = {"channel": "kf", "sender": "x", "account": "wk", "at": int(utcnow().timestamp())}
+        wrote: dict[int, Allowance] = {}  # each wrote just now: 5 messages may go
         for index in range(300):
             customer = Customer(display_name=f"c{index}", reach={**reach, "sender": f"wm{index}"})
             session.add(customer)
             await session.flush()
             await enrol(session, customer.id, sequence, state.current_version, "admin", SHANGHAI)
+            wrote[customer.id] = Allowance("kf").earned("message", reach["at"])
+        await allowances.save_many(session, wrote)
     assert bot.runtime.nurture is not None
     other = type(bot.runtime.nurture)(bot.runtime.sessions, bot.settings.nurture.model_copy(update={"batch": 40}),
                                       Lifecycle(bot.settings.lifecycle))
