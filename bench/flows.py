@@ -231,6 +231,7 @@ def bot_sayer(base: str, fake: ReplyCounter, http: aiohttp.ClientSession, timeou
             xml = wechat_side.kf_notification_xml(CORP, KF, secrets.token_hex(8))
             path, signed = "/wecom/kf/callback", wechat_side.sign_wecom(*KEYS["kf"], CORP, xml)
         else:
+            fake.oa_customer_acted(customer.user, "message")  # the fake never sees OA callbacks: its send grant
             xml = wechat_side.oa_text_xml("gh_flows", customer.user, text, msg_id=next(msg_ids))
             path, signed = "/oa/callback", wechat_side.sign_oa(*KEYS["oa"], OA_APP, xml, "safe")
         try:

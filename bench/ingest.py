@@ -83,6 +83,7 @@ def build_callbacks(fake: FakeWeChat, count: int, first: int = 0) -> list[tuple[
     callbacks = []
     for index in range(first, first + count):
         if index % 2 == 0:
+            fake.oa_customer_acted(f"oBench{index}", "message")  # the fake never sees OA callbacks: its send grant
             xml = wechat_side.oa_text_xml("gh_bench", f"oBench{index}", "你好", msg_id=10_000_000 + index)
             signed = wechat_side.sign_oa(*KEYS["oa"], OA_APP, xml, "safe")
             callbacks.append(("/oa/callback", signed.query, signed.body))

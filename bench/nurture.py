@@ -8,20 +8,26 @@ to get through it fast, on more than one process, and survive a crash, without a
   1. the burst: --workers processes each run `NurtureDispatcher.run_due(now)` (now = noon, brand
      time) until nothing is due; when a third of the due sends are decided one process is killed
      with SIGKILL and a new one started. Measured: wall time until no send is due any more, as
-     decisions/s (sent + deferred) and sent/s, against a goal of 2,000/s before platform limits;
+     decisions/s (sent + deferred) and sent/s, against a goal of 2,000/s before platform limits.
+     The same burst is run first without quota checks (`budgets=False`, then the sends are put
+     back as they were): the rate with the checks against the rate without is the checks' cost;
   2. correctness after the crash: one outbox row per sent step and none twice (zero duplicates),
-     every due send sent or waiting (zero misses), the 2% of customers already at the daily cap
-     and the 1% a rep has taken over (an open handoff) sent nothing and wait, each sent
-     enrolment has exactly one next step pending (+1 day);
+     every due send sent or waiting (zero misses), the 2% of customers already at the daily cap,
+     the 1% a rep has taken over (an open handoff) and the 1% whose five kf messages are used
+     (the quota ledger) sent nothing and wait, each sent customer's allowance spent once, each
+     sent enrolment has exactly one next step pending (+1 day);
   3. quiet hours: 10,000 more sends (--quiet) brought forward to 22:00, one dispatcher at 23:00:
      nothing sent, each waiting until 08:30 the next morning;
   4. 5,000 of the outbox rows written (--api-sends) delivered by the outbox runner and the real
      `OutboxSender` to the sandbox's fake WeCom API on a local port (API sends/s), each received
-     exactly once.
+     exactly once; the fake enforces the kf quota (it was told what each due customer did), and
+     the sends it refused are counted (goal 0).
 Setup (a fresh database, the sequence published with `publish()`, customers, enrolments and
 their pending sends COPYed in) is timed apart and is not part of any figure. Every customer
-wrote to the kf account within the hour (`reach`), so every step may go out as `kf/send_msg`;
-the due ones enrolled yesterday, the others this morning (their first step is due tomorrow).
+wrote to the kf account within the hour (`reach`, and the five messages it earned in the quota
+ledger, `send_allowances`), so every step may go out as `kf/send_msg`, except to the 1% of the
+due whose five the bot already sent; the due ones enrolled yesterday, the others this morning
+(their first step is due tomorrow).
 The customers have no tags, conversations, identities or group-buys: the dispatcher still
 queries those tables for every batch, but finds nothing there, so production will be slower.
 
@@ -43,6 +49,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -69,7 +76,9 @@ from bot.runtime import build_apis  # noqa: E402
 from bot.sandbox.simulator import fake_for  # noqa: E402
 from bot.sender import OutboxSender  # noqa: E402
 from bot.settings import Settings, load_settings  # noqa: E402
+from core.allowance import Allowance  # noqa: E402
 from core.shared_state import open_shared_state  # noqa: E402
+from crm_store.allowances import to_data  # noqa: E402
 from crm_store.db import session_factory  # noqa: E402
 from crm_store.enrolments import publish  # noqa: E402
 from crm_store.lifecycle import Lifecycle  # noqa: E402
@@ -108,12 +117,13 @@ class Plan:
     due: list[int]
     capped: list[int]  # due, and already sent as many pushes this morning as the daily cap allows
     handed_off: list[int]  # due, and a rep has them (an open handoff)
+    spent: list[int]  # due, and the five kf messages their last message earned are sent already
     quiet: list[int]  # not due; brought forward to 22:00 for the quiet-hours phase
     cap: int  # nurture.cap_per_day
 
     @property
     def expected_sent(self) -> int:
-        return len(self.due) - len(self.capped) - len(self.handed_off)
+        return len(self.due) - len(self.capped) - len(self.handed_off) - len(self.spent)
 
     @property
     def pushes_at(self) -> list[datetime]:
@@ -131,7 +141,7 @@ def make_plan(args: argparse.Namespace, zone: ZoneInfo, cap: int) -> Plan:
     return Plan(datetime.combine(today, clock(12), zone), args.customers, due,
                 capped=[c for i, c in enumerate(due) if i % 50 == 0],
                 handed_off=[c for i, c in enumerate(due) if i % 100 == 25],
-                quiet=later[::quiet_step][:args.quiet], cap=cap)
+                spent=[c for i, c in enumerate(due) if i % 100 == 75], quiet=later[::quiet_step][:args.quiet], cap=cap)
 
 
 # --- setup: COPY, not the bot (the bot's own enrolment path is what tests/bot/test_nurture.py covers)
@@ -145,11 +155,23 @@ async def publish_sequence(sessions: Sessions, settings: Settings) -> None:
         await publish(session, sequences, sources, by="bench")
 
 
-def customer_rows(plan: Plan, rng: random.Random) -> Iterator[tuple[Any, ...]]:
+def wrote_at(plan: Plan, rng: random.Random) -> list[float]:
+    """When each customer last wrote to the kf account: within the last hour (the 48-hour window is open)."""
     wall = time.time()
-    for k in range(1, plan.customers + 1):  # in the kf 48-hour window: they wrote within the last hour
-        at = wall - rng.uniform(0, 3600)
+    return [float(round(wall - rng.uniform(0, 3600))) for _ in range(plan.customers)]
+
+
+def customer_rows(wrote: list[float]) -> Iterator[tuple[Any, ...]]:
+    for k, at in enumerate(wrote, 1):
         yield k, f"客户{k}", f'{{"channel": "kf", "sender": "wmBench{k}", "account": "{KF_ACCOUNT}", "at": {at:.0f}}}'
+
+
+def allowance_rows(plan: Plan, wrote: list[float]) -> Iterator[tuple[Any, ...]]:
+    """The quota ledger: the five messages each customer's last message earned; the spent ones' all used."""
+    spent, now = set(plan.spent), datetime.now(plan.now.tzinfo)
+    for k, at in enumerate(wrote, 1):
+        allowance = Allowance("kf").earned("message", at).spent(5 if k in spent else 0, at)
+        yield k, "kf", json.dumps(to_data(allowance)), now
 
 
 def enrolment_rows(plan: Plan, rng: random.Random, due: set[int]) -> Iterator[tuple[Any, ...]]:
@@ -172,8 +194,13 @@ async def load(dsn: str, plan: Plan) -> None:
         # Rows are consistent by construction: no per-row foreign-key triggers while loading.
         await connection.execute("SET session_replication_role = replica")
         rng, due = random.Random(11), set(plan.due)
+        wrote = wrote_at(plan, rng)
         await connection.copy_records_to_table("customers", columns=["id", "display_name", "reach"],
-                                               records=customer_rows(plan, rng))
+                                               records=customer_rows(wrote))
+        await connection.copy_records_to_table("send_allowances", columns=["customer_id", "channel", "ledger",
+                                                                           "updated_at"],
+                                               records=allowance_rows(plan, wrote))
+        del wrote
         enrolments = list(enrolment_rows(plan, rng, due))
         await connection.copy_records_to_table(
             "enrolments", columns=["id", "customer_id", "sequence", "version", "status", "source", "enrolled_at",
@@ -231,6 +258,7 @@ ANY_DUE = {  # cheap enough to ask ten times a second: the first live entry of t
     "nurture": "SELECT EXISTS (SELECT 1 FROM nurture_sends WHERE status = 'pending' AND due_at <= $1)",
     "reference": "SELECT EXISTS (SELECT 1 FROM bench_sends WHERE status = 'pending' AND due_at <= $1)",
 }
+ANY_DUE["unchecked"] = ANY_DUE["nurture"]  # the dispatcher without quota checks
 WRITTEN = "SELECT last_value - CASE WHEN is_called THEN 0 ELSE 1 END FROM outbox_id_seq"  # both outboxes use it
 PENDING_DUE = {
     "nurture": "SELECT count(*) FROM nurture_sends WHERE status = 'pending' AND due_at <= $1",
@@ -247,13 +275,13 @@ REFERENCE_SQL = (
 )
 
 
-async def nurture_worker(dsn: str, now: datetime, batch: int) -> dict[str, Any]:
+async def nurture_worker(dsn: str, now: datetime, batch: int, budgets: bool = True) -> dict[str, Any]:
     """run_due(now) until nothing is due; rows another process holds are waited for, not given up on."""
     url = "postgresql+asyncpg://" + dsn.split("://", 1)[1]
     settings = bench_settings(url, batch)
     engine = create_async_engine(url, pool_size=1, max_overflow=0)  # one connection: its backend pid is ours
     sessions = session_factory(engine)
-    dispatcher = NurtureDispatcher(sessions, settings.nurture, Lifecycle(settings.lifecycle))
+    dispatcher = NurtureDispatcher(sessions, settings.nurture, Lifecycle(settings.lifecycle), budgets=budgets)
     total = Outcome()
     try:
         async with sessions() as session:  # connect before "ready"
@@ -304,8 +332,11 @@ async def ready(backend: int) -> None:
 
 
 def worker_main(args: argparse.Namespace) -> int:
-    run = nurture_worker if args.worker == "nurture" else reference_worker
-    result = asyncio.run(run(args.dsn, datetime.fromisoformat(args.now), args.batch))
+    now = datetime.fromisoformat(args.now)
+    if args.worker == "reference":
+        result = asyncio.run(reference_worker(args.dsn, now, args.batch))
+    else:
+        result = asyncio.run(nurture_worker(args.dsn, now, args.batch, budgets=args.worker == "nurture"))
     print(json.dumps(result), flush=True)
     return 0
 
@@ -431,6 +462,9 @@ class Report:
     races: dict[str, Race] = field(default_factory=dict)
     rows: list[tuple[str, int, float]] = field(default_factory=list)  # other measured phases: rows, wall s
     checks: list[tuple[str, bool]] = field(default_factory=list)
+    unchecked_over: int = 0  # sends the run without quota checks queued to customers with nothing left
+    refused: dict[int, int] = field(default_factory=dict)  # the fake API's refusals of the sends, by errcode
+    api_calls: int = 0  # kf/send_msg calls the fake API answered
 
     def check(self, name: str, passed: bool) -> None:
         self.checks.append((name, passed))
@@ -465,14 +499,54 @@ async def check_dispatch(connection: asyncpg.Connection, plan: Plan, settings: S
     states = {(status, reason): n for status, reason, n in await connection.fetch(
         "SELECT status, reason, count(*) FROM nurture_sends WHERE id = ANY($1::bigint[]) GROUP BY 1, 2", plan.due)}
     wanted = {("sent", ""): expected, ("pending", "waiting: daily cap"): len(plan.capped),
-              ("pending", "waiting: handed off"): len(plan.handed_off)}
+              ("pending", "waiting: handed off"): len(plan.handed_off), ("pending", "waiting: no quota"): len(plan.spent)}
     report.check(f"zero misses: {left} sends still due; the {len(plan.due):,} due: "
                  + ", ".join(f"{s} {r!r} {n:,}" for (s, r), n in sorted(states.items())),
                  left == 0 and states == wanted)
     zone, recheck = ZoneInfo(settings.nurture.timezone), timedelta(seconds=settings.nurture.handoff_recheck_s)
     await check_waiting(connection, plan.capped, "daily cap", plan.pushes_at[0] + timedelta(hours=24), zone, report)
     await check_waiting(connection, plan.handed_off, "handed off", plan.now + recheck, zone, report)
+    await check_waiting(connection, plan.spent, "no quota",
+                        plan.now + timedelta(seconds=settings.nurture.quota_recheck_s), zone, report)
+    await check_allowances(connection, plan, report)
     await check_next_steps(connection, plan, report)
+
+
+async def check_allowances(connection: asyncpg.Connection, plan: Plan, report: Report) -> None:
+    """Each sent customer's kf allowance spent exactly once (4 of 5 left), the spent ones' untouched."""
+    used = dict(await connection.fetch(
+        "SELECT (ledger -> 'message' ->> 'used')::int AS used, count(*) FROM send_allowances "
+        "WHERE customer_id = ANY($1::bigint[]) GROUP BY 1", plan.due))
+    spent, untouched = len(plan.spent), len(plan.capped) + len(plan.handed_off)
+    report.check(f"quota ledger: the {len(plan.due):,} due customers' kf messages used: "
+                 + ", ".join(f"{n} by {count:,}" for n, count in sorted(used.items()))
+                 + f"; expected 1 by {plan.expected_sent:,}, 0 by {untouched:,}, 5 by {spent:,}",
+                 used == {n: c for n, c in ((1, plan.expected_sent), (0, untouched), (5, spent)) if c})
+
+
+async def check_unchecked(connection: asyncpg.Connection, plan: Plan, report: Report) -> None:
+    """Without quota checks every due send inside the window is queued, also to those with nothing left."""
+    rows, over = await connection.fetchrow(
+        "SELECT count(*), count(*) FILTER (WHERE customer_id = ANY($1::bigint[])) FROM outbox "
+        "WHERE dedup_key LIKE 'nurture:%'", plan.spent)
+    report.unchecked_over = over
+    report.check(f"without quota checks: {rows:,} outbox rows, {over:,} of them to the {len(plan.spent):,} "
+                 "customers with nothing left (the platform refuses those)",
+                 rows == plan.expected_sent + len(plan.spent) and over == len(plan.spent))
+
+
+async def put_back(connection: asyncpg.Connection, plan: Plan, report: Report) -> None:
+    """Undo the run without quota checks (it spent no allowance): its outbox rows and next steps gone, the due
+    sends pending again as loaded; vacuumed, so the run with the checks finds the tables as the first did."""
+    started = time.perf_counter()
+    await connection.execute("DELETE FROM outbox WHERE dedup_key LIKE 'nurture:%'")
+    await connection.execute("DELETE FROM nurture_sends WHERE enrolment_id IS NOT NULL AND step <> 'welcome'")
+    await connection.execute(
+        "UPDATE nurture_sends SET status = 'pending', reason = '', via = '', deferrals = 0, sent_at = NULL, "
+        "due_at = $2 WHERE id = ANY($1::bigint[])", plan.due, plan.now.replace(hour=10))
+    await connection.execute("VACUUM ANALYZE nurture_sends, outbox")
+    report.setup.append(("put the due sends back after the run without quota checks, VACUUM ANALYZE",
+                         time.perf_counter() - started))
 
 
 async def check_waiting(connection: asyncpg.Connection, customers: list[int], reason: str, until: datetime,
@@ -531,7 +605,8 @@ async def quiet_hours(sessions: Sessions, connection: asyncpg.Connection, plan: 
         "AND reason = 'waiting: quiet hours' AND due_at = $2 AND deferrals = 1", plan.quiet, morning)
     outbox_after = await connection.fetchval("SELECT count(*) FROM outbox")
     reasons = dict(total.reasons)
-    wanted = {"waiting: quiet hours": len(plan.quiet), "waiting: handed off": len(plan.handed_off)}
+    wanted = {"waiting: quiet hours": len(plan.quiet) + len(plan.spent),  # no quota at noon: due again since 13:00
+              "waiting: handed off": len(plan.handed_off)}
     report.check(f"quiet hours at 23:00: sent {total.sent}, outbox rows added {outbox_after - outbox_before}; "
                  f"{waiting:,} of {len(plan.quiet):,} wait until {morning:%m-%d %H:%M}; decisions {reasons}",
                  total.sent == 0 and outbox_after == outbox_before and waiting == len(plan.quiet) and reasons == wanted)
@@ -551,12 +626,17 @@ async def fake_api(settings: Settings) -> AsyncIterator[tuple[Any, Settings]]:
         await runner.cleanup()
 
 
-async def api_sends(sessions: Sessions, connection: asyncpg.Connection, settings: Settings, count: int,
-                    report: Report) -> None:
+async def api_sends(sessions: Sessions, connection: asyncpg.Connection, settings: Settings, plan: Plan,
+                    count: int, report: Report) -> None:
     """The outbox runner and OutboxSender, as the bot runs them, over the whole outbox; stopped after `count`."""
     worker = settings.worker
     count = min(count, await connection.fetchval("SELECT count(*) FROM outbox WHERE status = 'pending'"))
     async with fake_api(settings) as (fake, effective), aiohttp.ClientSession() as http:
+        for k in plan.due:  # what the fake knows of them: each wrote (5 sends for 48 h), the spent ones got 5
+            fake.grant_kf(KF_ACCOUNT, f"wmBench{k}")
+        for k in plan.spent:
+            for _ in range(5):
+                fake.use_kf_grant(KF_ACCOUNT, f"wmBench{k}")
         state = open_shared_state(None)
         sender = OutboxSender(sessions, build_apis(effective, http, state), worker.max_attempts, worker.retry_base_s)
         runner = QueueRunner("outbox", sessions, OutboxItem, sender.send, worker.outbox_concurrency,
@@ -572,6 +652,9 @@ async def api_sends(sessions: Sessions, connection: asyncpg.Connection, settings
             await asyncio.gather(*list(runner.in_flight), return_exceptions=True)
         await state.close()
     report.rows.append((f"outbox -> fake WeCom API, {worker.outbox_concurrency} at a time", sent, wall_s))
+    report.refused = dict(Counter(refusal.errcode for refusal in fake.refused))
+    report.api_calls = fake.calls.count("kf/send_msg")
+    report.check(f"fake API refused {len(fake.refused)} sends (goal 0): {report.refused or 'none'}", not fake.refused)
     done = [row["touser"] for row in await connection.fetch(
         "SELECT payload ->> 'touser' AS touser FROM outbox WHERE status = 'done' AND dedup_key LIKE 'nurture:%'")]
     statuses = dict(await connection.fetch("SELECT status, count(*) FROM outbox GROUP BY 1"))
@@ -614,11 +697,16 @@ async def bench(args: argparse.Namespace) -> tuple[Report, Plan]:
             report.races["reference"] = await race("reference", dsn, plan.now, len(plan.due), len(plan.due), args)
             await check_race(report.races["reference"], report)
             await check_reference(connection, plan, report)
+            report.races["unchecked"] = await race("unchecked", dsn, plan.now, len(plan.due),
+                                                   plan.expected_sent + len(plan.spent), args)
+            await check_race(report.races["unchecked"], report)
+            await check_unchecked(connection, plan, report)
+            await put_back(connection, plan, report)
             report.races["nurture"] = await race("nurture", dsn, plan.now, len(plan.due), plan.expected_sent, args)
             await check_race(report.races["nurture"], report)
             await check_dispatch(connection, plan, settings, report)
             await quiet_hours(sessions, connection, plan, settings, report)
-            await api_sends(sessions, connection, settings, args.api_sends, report)
+            await api_sends(sessions, connection, settings, plan, args.api_sends, report)
         finally:
             await connection.close()
             await engine.dispose()
@@ -627,18 +715,20 @@ async def bench(args: argparse.Namespace) -> tuple[Report, Plan]:
 
 def print_report(report: Report, plan: Plan, args: argparse.Namespace, elapsed_s: float) -> None:
     print(f"nurture benchmark on PostgreSQL: {plan.customers:,} enrolments, {len(plan.due):,} due at once "
-          f"({len(plan.capped):,} at the daily cap, {len(plan.handed_off):,} handed off); {args.workers} scheduler "
+          f"({len(plan.capped):,} at the daily cap, {len(plan.handed_off):,} handed off, {len(plan.spent):,} with no "
+          f"kf messages left); {args.workers} scheduler "
           f"processes, batch {args.batch}, one SIGKILLed at a third and restarted; {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
     for name, seconds in report.setup:
         print(f"setup (not measured): {name}: {seconds:.1f} s")
     print("reference: the same processes, killed the same way, claiming FOR UPDATE SKIP LOCKED, marking sent and "
           "inserting one outbox row per row, three raw SQL statements a batch")
-    nurture, reference = report.races["nurture"], report.races["reference"]
+    nurture, reference, unchecked = report.races["nurture"], report.races["reference"], report.races["unchecked"]
     sent = sum(result["sent"] for result in nurture.results)
     print(f"{'':44}{'rows':>9}{'wall s':>8}{'per s':>8}{'ref/s':>8}{'ratio':>7}")
     lines = [("dispatcher decisions (sent + waiting)", nurture.total, nurture.wall_s),
-             ("  of which sent", plan.expected_sent, nurture.wall_s)]
+             ("  of which sent", plan.expected_sent, nurture.wall_s),
+             ("  without quota checks (budgets=False)", unchecked.total, unchecked.wall_s)]
     for name, rows, wall_s in lines:
         per_s = rows / wall_s if wall_s else 0.0
         print(f"{name:44}{rows:9,}{wall_s:8.1f}{per_s:8.0f}{reference.per_s():8.0f}"
@@ -646,7 +736,7 @@ def print_report(report: Report, plan: Plan, args: argparse.Namespace, elapsed_s
     print(f"{'reference (raw SQL)':44}{reference.total:9,}{reference.wall_s:8.1f}{reference.per_s():8.0f}")
     for name, rows, wall_s in report.rows:
         print(f"{name:44}{rows:9,}{wall_s:8.1f}{rows / wall_s if wall_s else 0:8.0f}")
-    for race_ in (nurture, reference):
+    for race_ in (nurture, unchecked, reference):
         if race_.samples and race_.wall_s:
             print(f"{race_.name}: outbox rows/s by thirds (the kill at the first mark, the replacement up in "
                   f"{race_.restart_s:.1f} s): " + " / ".join(race_.thirds())
@@ -656,6 +746,12 @@ def print_report(report: Report, plan: Plan, args: argparse.Namespace, elapsed_s
           "up the rest)")
     for name, per_s in (("decisions", nurture.per_s()), ("sent", nurture.per_s(plan.expected_sent))):
         print(f"goal ≥ {GOAL_PER_S:,.0f}/s ({name}): {per_s:,.0f}/s: {'met' if per_s >= GOAL_PER_S else 'not met'}")
+    ratio = nurture.per_s() / unchecked.per_s() if unchecked.per_s() else 0.0
+    print(f"quota checks: decisions/s with / without = {nurture.per_s():,.0f} / {unchecked.per_s():,.0f} = "
+          f"{ratio:.2f}; without them {report.unchecked_over:,} sends went to customers with nothing left")
+    refused = sum(report.refused.values())
+    print(f"sends refused by the platform (fake API, of {report.api_calls:,} kf/send_msg calls): {refused} "
+          f"{report.refused or ''}(goal 0: {'met' if refused == 0 else 'not met'})")
     print_checks(report.checks, elapsed_s)
 
 
@@ -670,7 +766,7 @@ def main() -> int:
                         help="outbox rows sent to the fake WeCom API (default: a twentieth of --due)")
     parser.add_argument("--keep", action="store_true", help="keep the database (its DSN is printed)")
     parser.add_argument("--pg-admin-dsn", default=PG_ADMIN, help="where to create the database ($SCRM_BENCH_PG)")
-    parser.add_argument("--worker", choices=("nurture", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("nurture", "unchecked", "reference"), help=argparse.SUPPRESS)
     parser.add_argument("--dsn", help=argparse.SUPPRESS)
     parser.add_argument("--now", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -122,6 +122,7 @@ class WeChatSide:
             msgid = self.fake.add_kf_text(KF, user, text)
             return await self._kf_wake(user, "message", f"kf:{msgid}")
         msg_id = next(self._msg_ids)
+        self.fake.oa_customer_acted(user, "message")  # the fake runs in this process and never sees OA callbacks
         xml = wechat_side.oa_text_xml(OA_ID, user, text, msg_id=msg_id)
         return await self._record(user, "oa", "message", f"oa:{msg_id}", "/oa/callback",
                                   wechat_side.sign_oa(*KEYS["oa"], OA_APP, xml, "safe"))
@@ -132,6 +133,7 @@ class WeChatSide:
             self.fake.add_kf_enter_session(KF, user, scene)
             return await self._kf_wake(user, "arrival", f"kf:{self.fake.kf_messages[KF][-1]['msgid']}")
         created = int(time.time())
+        self.fake.oa_customer_acted(user, "subscribe")
         xml = wechat_side.oa_event_xml(OA_ID, user, "subscribe", f"qrscene_{scene}" if scene else "", created)
         return await self._record(user, "oa", "arrival", f"oa:{user}:{created}:subscribe", "/oa/callback",
                                   wechat_side.sign_oa(*KEYS["oa"], OA_APP, xml, "safe"))

@@ -4,7 +4,7 @@
 fake delivers it at once to each customer, and lists in `fail_list` a customer who already got
 the month's limit of company group messages (`group_messages_per_month`, WeCom's rule), or
 who is not the sender's contact when the sender's contacts are known. `remind_groupmsg_send`
-reminds the rep of a task (by its msgid).
+reminds the rep of a task (by its msgid), at most 3 times in 24 h (`FakeQuotas.check_remind`).
 """
 
 from __future__ import annotations
@@ -12,13 +12,18 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from bot.sandbox.fake_kf import ApiRefusal, Sent
+from bot.sandbox.fake_kf import Sent
+from bot.sandbox.fake_quotas import ApiRefusal, FakeQuotas
 
+# https://developer.work.weixin.qq.com/document/path/92135 (创建企业群发), as it read when this fake was written:
+# "同一个企业每个自然月内仅可针对一个客户/客户群发送4条消息，超过接收上限的客户将无法再收到群发消息". The page now reads
+# "每月最多可接收条数为当月天数" (adjustable to 7 a week or 1 a day); the fake keeps the stricter 4, which
+# `group_messages_per_month` lets a test change. A customer over it is in fail_list; the task is still created.
 MONTHLY_LIMIT = 4
 MAX_CUSTOMERS = 10_000
 
 
-class FakeGroupMessages:
+class FakeGroupMessages(FakeQuotas):
     sent: list[Sent]
     follow_users: dict[str, set[str]]
 
@@ -58,5 +63,6 @@ class FakeGroupMessages:
         msgid = str(body.get("msgid") or "")
         if msgid not in {task["msgid"] for task in self.group_tasks}:
             raise ApiRefusal(40058, "invalid msgid")
+        self.check_remind(msgid)  # a 4th reminder within 24 h: 45009
         self.reminders.append(msgid)
         return {}

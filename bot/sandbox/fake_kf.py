@@ -13,6 +13,10 @@ customer) or ends the session there (`end_kf_session`: state 4 and a `session_st
 event, change_type 3); the customer's next message opens a new session (0). Every move is
 kept in `kf_state_moves`. Handlers answer with the reply's fields or raise `ApiRefusal`.
 
+The sending rules (`fake_quotas.FakeQuotas`, which this class extends): each customer message
+grants 5 kf/send_msg within 48 h (95002 / 95001 past them), a text is at most 2048 bytes
+(45002), and an event code is single use and lives 20 s or 48 h by its kind (95018 after).
+
 `kf/sync_msg` cursors are opaque, as WeCom's are, and mark a point in time (the message's
 arrival, in nanoseconds), not an index into this process's list: a bot that saved a cursor
 from an earlier run of the sandbox goes on reading from it after a restart.
@@ -36,6 +40,10 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.sandbox.fake_quotas import CODE_LONG_S, CODE_SHORT_S, ApiRefusal, FakeQuotas
+
+__all__ = ["ApiRefusal", "FakeKf", "KfSessionError", "Sent"]
+
 NEW, BOT, QUEUED, SERVED, ENDED = 0, 1, 2, 3, 4
 KF_MOVES: dict[int, frozenset[int]] = {
     NEW: frozenset({BOT, QUEUED, SERVED, ENDED}),
@@ -49,15 +57,6 @@ SESSION_ENDED = 3  # session_status_change.change_type: the rep ended the sessio
 SERVICER_PATH = "kf/servicer"  # Sent.path of a rep's message from the kf workspace (not an API call)
 KF_SCENE = re.compile(r"[0-9a-zA-Z_-]{0,32}")
 KF_ACCOUNT_PAGE_MAX = 100  # kf/account/list: `limit` 1–100, 100 when not given
-
-
-class ApiRefusal(Exception):
-    """WeCom refuses the call: the fake's HTTP layer answers {"errcode": …, "errmsg": …}."""
-
-    def __init__(self, errcode: int, errmsg: str = "") -> None:
-        super().__init__(f"errcode {errcode} {errmsg}".strip())
-        self.errcode = errcode
-        self.errmsg = errmsg
 
 
 class KfSessionError(ValueError):
@@ -100,7 +99,7 @@ class KfMove:
     by: str = "api"  # api (kf/service_state/trans), servicer (the kf workspace), customer (a new session)
 
 
-class FakeKf:
+class FakeKf(FakeQuotas):
     """The kf part of the fake API, and the record of what the bot sent (`sent`, `messages_to`)."""
 
     def __init__(self) -> None:
@@ -110,7 +109,7 @@ class FakeKf:
         self.sent: list[Sent] = []  # what the bot sent, in order
         self.servicer_sent: list[Sent] = []  # what reps wrote to kf customers in the workspace
         self.seen_msgids: set[str] = set()
-        self.welcome_codes: dict[str, str] = {}  # code -> external_userid, until used
+        self.welcome_codes: dict[str, str] = {}  # code -> external_userid, until used (its time: code_times)
         self.kf_links: list[dict[str, Any]] = []  # kf/add_contact_way: open_kfid, scene, url
         self.service_states: dict[tuple[str, str], int] = {}  # (open_kfid, external_userid) -> state
         self.servicers: dict[tuple[str, str], str] = {}  # the rep of a session in state 3
@@ -122,9 +121,11 @@ class FakeKf:
 
     # --- what a test or the sandbox page does --------------------------------------------
     def add_kf_text(self, open_kfid: str, external_userid: str, text: str, menu_id: str = "") -> str:
-        """The customer writes; after an ended session this opens a new one (state 0)."""
+        """The customer writes (or clicks a menu item); after an ended session this opens a new one (state 0).
+        Either way the bot may send them 5 messages in the next 48 h."""
         if self.kf_state(open_kfid, external_userid)[0] == ENDED:
             self._move(open_kfid, external_userid, NEW, by="customer")
+        self.grant_kf(open_kfid, external_userid)
         content = {"content": text, **({"menu_id": menu_id} if menu_id else {})}
         return self._add_kf(open_kfid, {"origin": 3, "external_userid": external_userid, "msgtype": "text", "text": content})
 
@@ -175,10 +176,18 @@ class FakeKf:
         state = self.service_states.get(key, BOT)
         return state, self.servicers.get(key, "") if state == SERVED else ""
 
-    def issue_welcome_code(self, external_userid: str) -> str:
+    def issue_welcome_code(self, external_userid: str, valid_s: float = CODE_SHORT_S) -> str:
+        """A single-use event code (welcome_code, msg_code), usable for `valid_s` from now."""
         code = secrets.token_urlsafe(16)
         self.welcome_codes[code] = external_userid
+        self.stamp_code(code, valid_s)
         return code
+
+    def take_code(self, code: str) -> str | None:
+        """The customer a live code was issued for, using it up; None when unknown, used or past its time."""
+        user = self.welcome_codes.pop(code, None)
+        alive = self.code_alive(code)
+        return user if alive else None
 
     def messages_to(self, user: str) -> list[Sent]:
         """What `user` received: from the bot, and in kf from a rep in the workspace, oldest first."""
@@ -210,15 +219,21 @@ class FakeKf:
         return {"next_cursor": cursor, "has_more": int(end < len(messages)), "msg_list": page}
 
     async def kf_send_msg(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+        """The session state first (95018), then the size (45002), then the customer's grant (95002 / 95001);
+        a resend of a delivered msgid is acknowledged without using the grant again."""
         open_kfid, user = _session_of(body, "touser")
         if self.kf_state(open_kfid, user)[0] not in KF_WRITABLE:
-            raise ApiRefusal(95018)  # a rep serves, the session waits in the queue, or it ended
+            raise self.refuse("kf/send_msg", 95018, user)  # a rep serves, the session waits in the queue, or it ended
+        self.check_kf_sizes(body, user)
+        if str(body.get("msgid") or "") not in self.seen_msgids:
+            self.use_kf_grant(open_kfid, user)
         return {"msgid": self._deliver("kf/send_msg", body)}
 
     async def kf_send_msg_on_event(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
-        user = self.welcome_codes.pop(str(body.get("code", "")), None)
-        if user is None:
-            raise ApiRefusal(95018, "send msg code is invalid")  # unknown, expired or already used
+        code = str(body.get("code", ""))
+        user = self.take_code(code)
+        if user is None:  # unknown, past its time or already used
+            raise self.refuse("kf/send_msg_on_event", 95018, code, "send msg code is invalid")
         return {"msgid": self._deliver("kf/send_msg_on_event", {**body, "_to": user})}
 
     async def kf_service_state_get(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +254,8 @@ class FakeKf:
         self._move(open_kfid, user, target, servicer if target == SERVED else "")
         first = target == ENDED or (target in (QUEUED, SERVED) and current not in (QUEUED, SERVED))
         self._deliver("kf/service_state/trans", body)
-        return {"msg_code": self.issue_welcome_code(user) if first else ""}
+        valid_s = CODE_SHORT_S if target == ENDED else CODE_LONG_S  # 结束会话 20 s; into the queue or a rep 48 h
+        return {"msg_code": self.issue_welcome_code(user, valid_s) if first else ""}
 
     async def kf_add_contact_way(self, _request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
         """A link to a kf account; `scene` ≤ 32 bytes of [0-9a-zA-Z_-]."""

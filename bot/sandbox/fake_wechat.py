@@ -16,6 +16,8 @@ Departed reps: `add_unassigned` fills `externalcontact/get_unassigned_list`, and
 `externalcontact/resigned/transfer_customer` records what it moved in `transfers`.
 What `scrm doctor` asks of an app (`agent/get`, `get_follow_user_list`, and the refusal of an
 untrusted IP: 60020, OA 40164) is `fake_apps.FakeApps`; `kf/account/list` is in `fake_kf`.
+The platforms' sending quotas and limits (kf and OA send grants, event codes' 20 s, text sizes,
+reminders, 10,000 calls a minute per API: `refused`, `allowance`) are `fake_quotas.FakeQuotas`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from aiohttp import web
 
 from bot.sandbox.fake_apps import FakeApps
 from bot.sandbox.fake_groupmsg import FakeGroupMessages
-from bot.sandbox.fake_kf import ApiRefusal, FakeKf, Sent
+from bot.sandbox.fake_kf import FakeKf, Sent
+from bot.sandbox.fake_quotas import ApiRefusal, FakeQuotas, truncated_app_text
 
 __all__ = ["FakeWeChat", "Sent"]
 
@@ -59,9 +62,10 @@ class Failure:
         return now < self.until if self.until else self.remaining > 0
 
 
-class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps):
+class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeQuotas):
     def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
         super().__init__()
+        self.init_quotas()
         self.corp_id = corp_id
         self.wecom_secrets = set(wecom_secrets)
         self.oa_app_id = oa_app_id
@@ -155,6 +159,8 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps):
     def _guarded(self, path: str, handler: Any) -> Any:
         async def guarded(request: web.Request) -> web.Response:
             self.calls.append(path)
+            if self.over_api_rate(path):  # 10,000 a minute, 150,000 an hour per API (document 90312)
+                return _error(45009, "api freq out of limit")  # WeCom's words for it
             now = time.monotonic()
             failure = next((f for f in self.failures if f.applies(path, now)), None)
             if failure is not None and failure.delay_s:
@@ -212,12 +218,13 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps):
     async def app_message_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         if not body.get("touser"):
             return _error(40003)
-        return _ok(msgid=self._deliver("message/send", body))
+        return _ok(msgid=self._deliver("message/send", truncated_app_text(body)))  # text past 2048 bytes: cut
 
     async def send_welcome_msg(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
-        user = self.welcome_codes.pop(str(body.get("welcome_code", "")), None)
-        if user is None:
-            return _error(41051)  # the welcome code is used or its 20 s are over
+        code = str(body.get("welcome_code", ""))
+        user = self.take_code(code)
+        if user is None:  # used, or its 20 s are over (document 92137)
+            raise self.refuse("externalcontact/send_welcome_msg", 41051, code)
         return _ok(msgid=self._deliver("externalcontact/send_welcome_msg", {**body, "_to": user}))
 
     async def externalcontact_get(self, request: web.Request, _body: dict[str, Any]) -> web.Response:
@@ -376,6 +383,7 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps):
     async def oa_custom_send(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
         if not body.get("touser"):
             return _error(40003)
+        self.use_oa_grant(str(body["touser"]))  # the customer's 2023-06 grants: 45015 / 45047
         return _ok(msgid=self._deliver("message/custom/send", body))
 
     async def oa_qrcode_create(self, _request: web.Request, body: dict[str, Any]) -> web.Response:
@@ -441,7 +449,7 @@ ERRMSG = {
     41041: "contact way user count exceeds the limit",
     41043: "missing contact way config_id",
     41044: "invalid contact way config_id",
-    41051: "welcome code expired or used",
+    41051: "externaluser has started chatting",  # document 92137's words for a used or expired welcome code
     42001: "access_token expired",
     45009: "reach max api daily quota limit",
     45015: "response out of time limit or subscription is canceled",

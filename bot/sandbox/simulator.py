@@ -8,6 +8,10 @@ arrive at the fake API, and the pages read them back from there. On the rep page
 rep in the WeCom app, types commands to the bot (app callbacks), and answers the kf
 customers the rep serves as WeCom's kf workspace would (an origin-5 message) or ends
 their session.
+
+What an OA customer does is also told to the fake (`FakeWeChat.oa_customer_acted`), which
+never sees OA callbacks: it grants the sends the OA allows after a message, a follow, a scan
+or a menu click, and takes them back on an unsubscribe.
 """
 
 from __future__ import annotations
@@ -58,11 +62,25 @@ class Simulator:
         return await self._kf_notify(bot_url)
 
     async def oa_says(self, bot_url: str, openid: str, text: str) -> int:
+        self.fake.oa_customer_acted(openid, "message")
         xml = wechat_side.oa_text_xml(self.settings.oa.app_id, openid, text)
         return await self._post_oa(bot_url, xml)
 
     async def oa_subscribes(self, bot_url: str, openid: str, scene: str = "") -> int:
+        self.fake.oa_customer_acted(openid, "subscribe")
         xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "subscribe", f"qrscene_{scene}" if scene else "")
+        return await self._post_oa(bot_url, xml)
+
+    async def oa_scans(self, bot_url: str, openid: str, scene: str) -> int:
+        """A follower scans a parametric QR code (the SCAN event, its scene as EventKey)."""
+        self.fake.oa_customer_acted(openid, "scan")
+        xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "SCAN", scene)
+        return await self._post_oa(bot_url, xml)
+
+    async def oa_clicks(self, bot_url: str, openid: str, key: str) -> int:
+        """The customer clicks a custom menu item of type click (the CLICK event, its key as EventKey)."""
+        self.fake.oa_customer_acted(openid, "click")
+        xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "CLICK", key)
         return await self._post_oa(bot_url, xml)
 
     async def contact_adds(self, bot_url: str, user: str, rep: str, state: str = "") -> int:
@@ -89,6 +107,7 @@ class Simulator:
         return await self._kf_notify(bot_url, open_kfid)
 
     async def oa_unsubscribes(self, bot_url: str, openid: str) -> int:
+        self.fake.oa_customer_acted(openid, "unsubscribe")
         xml = wechat_side.oa_event_xml(self.settings.oa.app_id, openid, "unsubscribe")
         return await self._post_oa(bot_url, xml)
 

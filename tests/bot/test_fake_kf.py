@@ -106,6 +106,7 @@ async def test_the_api_cannot_write_while_a_rep_serves_and_the_reps_answer_reach
     wecom: Wecom,
 ) -> None:
     fake = wecom.fake
+    fake.add_kf_text(KF, ANNA, "在吗")  # the API may write for 48 h after a customer message
     assert (await wecom.send("您好，请问有什么可以帮您"))["errcode"] == 0
     await wecom.trans(3, "amy")
     refused = await wecom.send("机器人还想说话")

@@ -76,6 +76,7 @@ async def like_wechat(bot: Bot, path: str, signed: wechat_side.SignedCallback) -
 
 async def oa_says(bot: Bot, openid: str, text: str) -> int:
     oa = bot.settings.oa
+    bot.fake.oa_customer_acted(openid, "message")  # the fake never sees OA callbacks: its send grant
     xml = wechat_side.oa_text_xml(oa.app_id, openid, text)  # one MsgId, kept across retries
     signed = wechat_side.sign_oa(oa.token.get_secret_value(), oa.encoding_aes_key.get_secret_value(), oa.app_id,
                                  xml, oa.mode)
