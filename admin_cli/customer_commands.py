@@ -21,6 +21,7 @@ from admin_cli.main import cli, echo_json, settings_of
 from crm_store.customer_queries import CustomerCard, GrowthCard, Sort, customer_card, find_customers
 from crm_store.lifecycle import Lifecycle, StageNotAllowed, funnel, set_stage
 from crm_store.models import Conversation, Customer
+from crm_store.quota_queries import ChannelQuota, QuotaCard, quota_card
 from crm_store.tags import add_tags, remove_tags, sync_catalog, tag_counts
 
 ADMIN = "admin"
@@ -97,39 +98,42 @@ def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str
 @click.pass_context
 def show(ctx: click.Context, customer_id: int, events: int, as_json: bool) -> None:
     """A customer's card: stage, tags, opt-out, owner, social value, inviter, groups, rewards, stage history,
-    timeline, running flow.
+    timeline, running flow, and what the platform still lets the bot send them (quota per channel, held messages).
 
     Example: scrm customers show 42 --events 50
     """
     settings = settings_of(ctx)
     lifecycle = Lifecycle(settings.lifecycle)
 
-    async def work(session: AsyncSession) -> tuple[CustomerCard | None, Conversation | None]:
+    async def work(session: AsyncSession) -> tuple[CustomerCard, Conversation | None, QuotaCard]:
         card = await customer_card(session, customer_id, lifecycle, events)
-        running = None if card is None else await session.scalar(select(Conversation).where(
+        if card is None:
+            raise CustomerNotFound(customer_id)
+        running = await session.scalar(select(Conversation).where(
             Conversation.customer_id == card.row.id, Conversation.status == "active"))
-        return card, running
+        return card, running, await quota_card(session, card.row.id)
 
-    card, running = in_store(settings, work)
-    if card is None:
-        raise CustomerNotFound(customer_id)
+    card, running, quota = in_store(settings, work)
     flow = None if running is None else {
         "flow": running.flow_id, "version": running.flow_version, "release": running.release_id,
         "step": running.step_id, "slots": running.slots, "started_at": running.started_at,
         "wake_at": running.wake_at}
     if as_json:
         echo_json(asdict(card) | {"stage_history": [move._asdict() for move in card.stage_history],
-                                  "timeline": [entry._asdict() for entry in card.timeline], "conversation": flow})
+                                  "timeline": [entry._asdict() for entry in card.timeline], "conversation": flow,
+                                  "quota": {q.channel: _quota_data(q) for q in quota.channels},
+                                  "held_messages": quota.held_messages})
         return
-    _print_card(card, flow)
+    _print_card(card, flow, quota)
 
 
-def _print_card(card: CustomerCard, flow: dict[str, Any] | None) -> None:
+def _print_card(card: CustomerCard, flow: dict[str, Any] | None, quota: QuotaCard) -> None:
     row = card.row
     click.echo(f"customer {row.id} {row.display_name}  {' '.join(row.identities)}".rstrip())
     click.echo(f"stage: {row.stage} ({card.stage_label})   marketing: "
                f"{'opted out' if card.marketing_opt_out else 'allowed'}   owner: {card.owner_userid or '-'}")
     click.echo(f"tags: {', '.join(row.tags) or '-'}")
+    _print_quota(quota)
     _print_growth(card.growth)
     if flow:
         click.echo(f"running: flow {flow['flow']} v{flow['version']} at step {flow['step']} since "
@@ -157,6 +161,30 @@ def _print_growth(growth: GrowthCard) -> None:
         friend = f"  friend {r.friend_name} #{r.friend_id}" if r.friend_id is not None else ""
         undo = f" of #{r.reverses_id}" if r.reverses_id is not None else ""
         click.echo(f"  #{r.id} {when(r.at)}  {r.kind}{undo}  {r.rule_id}: {r.reward}{friend}")
+
+
+def _quota_data(quota: ChannelQuota) -> dict[str, Any]:
+    return {key: value for key, value in asdict(quota).items() if key != "channel"}
+
+
+def _print_quota(quota: QuotaCard) -> None:
+    """Each channel's allowance (the platform's limit on what the bot may send), and what is held."""
+    if not quota.channels:
+        click.echo("quota: none on kf or the OA yet (it starts with the customer's next action there)")
+    for channel in quota.channels:
+        click.echo(f"quota {channel.channel}: {_quota_text(channel)}")
+    click.echo(f"held messages: {quota.held_messages} (sent after the customer's next message)"
+               if quota.held_messages else "held messages: none")
+
+
+def _quota_text(quota: ChannelQuota) -> str:
+    earned = f" (earned by {quota.earned_by} at {when(quota.earned_at)})" if quota.earned_by else ""
+    session = f"; session: {quota.session}" if quota.session else ""
+    if quota.left:
+        return f"{quota.left} of {quota.allowed} left until {when(quota.resets_at)}{earned}{session}"
+    if quota.session_blocks:
+        return f"none left while the session is {quota.session}{earned}"
+    return f"none left — resets when the customer writes again{earned}{session}"
 
 
 @customers_group.command("tag")

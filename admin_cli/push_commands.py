@@ -248,7 +248,8 @@ def list_command(ctx: click.Context, limit: int, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def show(ctx: click.Context, push_id: int, as_json: bool) -> None:
-    """One push and its results: sent (by channel), replied, pending, skipped and failed with their reasons.
+    """One push and its results: sent (by channel), replied, pending (what waits, and for what), skipped and
+    failed with their reasons.
 
     Example: scrm push show 3
     """
@@ -261,7 +262,8 @@ def show(ctx: click.Context, push_id: int, as_json: bool) -> None:
     push = results.push
     if as_json:
         echo_json(_push_data(push) | {"pending": results.pending, "sent": results.sent, "replied": results.replied,
-                                      "skipped": results.skipped, "failed": results.failed, "via": results.via})
+                                      "waiting": results.waiting, "skipped": results.skipped,
+                                      "failed": results.failed, "via": results.via})
         return
     click.echo(f"push {push.id} {push.name!r} ({push.status}) at {_local(push.scheduled_at, zone)} ({zone.key}), "
                f"by {push.created_by or '-'}")
@@ -276,7 +278,7 @@ def _print_results(results: PushResults) -> None:
 
     rate = f" ({results.replied / results.sent:.0%})" if results.sent else ""
     click.echo(f"audience {results.audience}: sent {results.sent}{listed(results.via)}, replied "
-               f"{results.replied}{rate}, pending {results.pending}")
+               f"{results.replied}{rate}, pending {results.pending}{listed(results.waiting)}")
     click.echo(f"skipped {sum(results.skipped.values())}{listed(results.skipped)}, "
                f"failed {sum(results.failed.values())}{listed(results.failed)}")
 

@@ -371,7 +371,8 @@ def stop(ctx: click.Context, name: str, customer_ids: tuple[int, ...]) -> None:
 @json_option
 @click.pass_context
 def stats(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """Enrolments by version and outcome, and per step: sent, replied, converted, skipped, failed, pending.
+    """Enrolments by version and outcome, and per step: sent, replied, converted, skipped, failed, pending (and
+    what the pending wait for: quiet hours, the daily cap, no quota…).
 
     Example: scrm sequences stats new_lead
     """
@@ -396,15 +397,21 @@ def _print_stats(stats: SequenceStats) -> None:
     steps = stats.ordered_steps()
     if not steps:
         return
+    waits = any(s.waiting for s in steps)  # the column appears once something is put off (quiet hours, no quota…)
     click.echo(table([[s.step or "(before any)", s.sent, s.replied, s.converted, sum(s.skipped.values()), s.failed,
-                       s.pending, ", ".join(f"{r} {c}" for r, c in s.skipped.most_common(3))] for s in steps],
-                     ["step", "sent", "replied", "converted", "skipped", "failed", "pending", "skipped because"]))
+                       s.pending, _reasons(s.skipped)] + ([_reasons(s.waiting)] if waits else []) for s in steps],
+                     ["step", "sent", "replied", "converted", "skipped", "failed", "pending", "skipped because"]
+                     + (["waiting for"] if waits else [])))
     top = max(max(s.sent, s.replied, s.converted) for s in steps) or 1
     width = max(len(s.step or "(before any)") for s in steps)
     for s in steps:
         for i, (label, value) in enumerate((("sent", s.sent), ("replied", s.replied), ("converted", s.converted))):
             head = (s.step or "(before any)") if i == 0 else ""
             click.echo(f"  {head:<{width}}  {label:<9} {bar(value, top)} {value}")
+
+
+def _reasons(counts: Counter[str]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in counts.most_common(3))
 
 
 def bar(value: int, top: int) -> str:

@@ -22,6 +22,7 @@ from core.templates import TemplateError, parse_template
 from crm_store.models import as_utc, utcnow
 from crm_store.nurture_models import NurtureSend, Push
 from crm_store.segments import Segment, segment_query, tag_ids
+from crm_store.sequence_stats import waiting_for
 
 PUSH_FIELDS = ("customer.name", "customer.stage_label", "customer.id")
 MAX_TEXT = 2000
@@ -42,6 +43,7 @@ class PushResults:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     failed: dict[str, int] = field(default_factory=dict)  # reason -> count
     via: dict[str, int] = field(default_factory=dict)  # sent, by channel: kf | oa | groupmsg
+    waiting: dict[str, int] = field(default_factory=dict)  # of the pending: put off, why -> count ("no quota")
 
     @property
     def audience(self) -> int:
@@ -128,7 +130,8 @@ async def cancel_push(session: AsyncSession, push_id: int) -> int:
 
 
 async def push_results(session: AsyncSession, push_id: int) -> PushResults:
-    """Audience, pending, sent (by channel), replied, skipped and failed by reason: one grouped query."""
+    """Audience, pending (put off, by reason), sent (by channel), replied, skipped and failed by reason: one
+    grouped query."""
     push = await get_push(session, push_id)
     rows = await session.execute(
         select(NurtureSend.status, NurtureSend.reason, NurtureSend.via, func.count(),
@@ -139,9 +142,13 @@ async def push_results(session: AsyncSession, push_id: int) -> PushResults:
     skipped: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     via: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()
     for status, reason, channel, count, replied in rows.tuples():
         totals[status] += count
         totals["replied"] += replied
+        why = waiting_for(status, reason)
+        if why:
+            waiting[why] += count
         if status == "skipped":
             skipped[reason or "-"] += count
         elif status == "failed":
@@ -149,7 +156,7 @@ async def push_results(session: AsyncSession, push_id: int) -> PushResults:
         elif status == "sent":
             via[channel or "-"] += count
     return PushResults(push, totals["pending"], totals["sent"], totals["replied"], dict(skipped.most_common()),
-                       dict(failed.most_common()), dict(via.most_common()))
+                       dict(failed.most_common()), dict(via.most_common()), dict(waiting.most_common()))
 
 
 async def list_pushes(session: AsyncSession, limit: int = 50) -> list[tuple[Push, dict[str, int]]]:

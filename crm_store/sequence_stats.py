@@ -1,4 +1,4 @@
-"""How sequences do: enrolments by version and outcome, and per step what was sent, skipped and answered.
+"""How sequences do: enrolments by version and outcome, and per step what was sent, skipped, put off and answered.
 
 Three grouped queries whatever the number of customers: enrolments, sends per step, and
 conversions per step. A conversion (Enrolment.converted_at) counts for the last step sent
@@ -19,6 +19,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 from core.sequences import NurtureSequence
 from crm_store.nurture_models import Enrolment, NurtureSend, SequenceState, SequenceVersion
 
+WAITING = "waiting: "  # how bot/nurture_dispatch.py marks a pending send it put off: "waiting: no quota"
+
 
 @dataclass
 class StepStats:
@@ -30,6 +32,7 @@ class StepStats:
     replied: int = 0  # sent, and the customer wrote back afterwards
     converted: int = 0  # the last step sent before the customer converted
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
+    waiting: Counter[str] = field(default_factory=Counter)  # of the pending: deferred, why (waiting_for) -> count
 
 
 @dataclass
@@ -55,7 +58,8 @@ class SequenceStats:
             "completed": self.statuses["completed"], "exited": self.statuses["exited"],
             "exited_by": dict(self.exited.most_common()), "converted": self.converted,
             "steps": [{"step": s.step, "index": s.index, "pending": s.pending, "sent": s.sent, "failed": s.failed,
-                       "replied": s.replied, "converted": s.converted, "skipped": dict(s.skipped.most_common())}
+                       "replied": s.replied, "converted": s.converted, "skipped": dict(s.skipped.most_common()),
+                       "waiting": dict(s.waiting.most_common())}
                       for s in self.ordered_steps()],
         }
 
@@ -96,9 +100,18 @@ async def sequence_stats(session: AsyncSession, names: Sequence[str] | None = No
             step.skipped[reason or "-"] += count
         elif status in ("pending", "sent", "failed"):
             setattr(step, status, getattr(step, status) + count)
+        why = waiting_for(status, reason)
+        if why:
+            step.waiting[why] += count
     for name, last_step, count in (await session.execute(_conversions_by_step(names))).tuples():
         _step(stats.setdefault(name, SequenceStats(name)), last_step or "", -1).converted += count
     return [stats[name] for name in sorted(stats)]
+
+
+def waiting_for(status: str, reason: str | None) -> str:
+    """Why a pending send was put off ("no quota", "quiet hours", "daily cap", …): what follows the
+    dispatcher's "waiting: "; "" for a send not put off (not yet due) or no longer pending."""
+    return reason.removeprefix(WAITING) if status == "pending" and reason and reason.startswith(WAITING) else ""
 
 
 def _step(stats: SequenceStats, step_id: str, index: int) -> StepStats:

@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from admin_cli.common import when
 from admin_cli.main import cli
 from bot.settings import load_settings
+from core.allowance import MESSAGE_WINDOW_S, Allowance, Grant
+from crm_store import allowances
 from crm_store.campaigns import create_campaign, spec_from_mapping
 from crm_store.customers import Profile, record, resolve_customer
 from crm_store.db import create_engine, session_factory
@@ -210,3 +216,47 @@ def test_show_has_social_value_inviter_invite_code_groups_and_rewards(scrm: tupl
     assert "social: 0   friends 0" in bare and "invited by: -   invite code: -" in bare
     assert "groups: -" in bare and "rewards received: none" in bare
     assert run.json("customers", "show", str(li))["growth"]["rewards"][0]["rule_id"] == "friend_arrived"
+
+
+async def allow(store_url: str, zhang: int, li: int, wang: int, now: int) -> None:
+    """张三: kf 2 of 5 used (with the bot), an OA grant run out; 李四: kf with a rep, one held message, last
+    chatted on the OA (no allowance there yet); Wang: nothing."""
+    kf_grant = Grant("message", now - 3600, 5, now - 3600 + MESSAGE_WINDOW_S)
+    engine = create_engine(store_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            await allowances.save_many(session, {zhang: Allowance("kf", replace(kf_grant, used=2), session=1),
+                                                 li: Allowance("kf", kf_grant, session=3)})
+            await allowances.save_many(session, {zhang: Allowance("oa", Grant("message", now - 50 * 3600, 5,
+                                                                             now - 2 * 3600, used=1))})
+            await allowances.hold(session, li, "notify:group:1", "您的团已满", "group_filled")
+            (await session.get_one(Customer, li)).reach = {"channel": "oa", "sender": "oLi", "at": now}
+    finally:
+        await engine.dispose()
+
+
+def test_show_has_each_channels_quota_and_the_held_messages(scrm: tuple[Scrm, list[int]]) -> None:
+    run, (zhang, li, wang) = scrm
+    now = int(time.time())
+    asyncio.run(allow(run.env["SCRM__STORE__URL"], zhang, li, wang, now))
+    at, until = datetime.fromtimestamp(now - 3600, UTC), datetime.fromtimestamp(now - 3600 + MESSAGE_WINDOW_S, UTC)
+    text = run("customers", "show", str(zhang)).stdout
+    assert (f"quota kf: 3 of 5 left until {when(until)} (earned by message at {when(at)}); session: with the bot"
+            in text)
+    assert "quota oa: none left — resets when the customer writes again (earned by message at " in text
+    assert "held messages: none" in text
+    card = run.json("customers", "show", str(zhang))
+    assert card["quota"]["kf"] | {"resets_at": None, "earned_at": None} == {
+        "left": 3, "allowed": 5, "resets_at": None, "earned_by": "message", "earned_at": None,
+        "session": "with the bot"}
+    assert datetime.fromisoformat(card["quota"]["kf"]["resets_at"]) == until
+    assert card["quota"]["oa"] | {"earned_at": None} == {"left": 0, "allowed": 0, "resets_at": None,
+                                                         "earned_by": "message", "earned_at": None, "session": None}
+    assert card["held_messages"] == 0
+    text = run("customers", "show", str(li)).stdout
+    assert f"quota kf: none left while the session is with a rep (earned by message at {when(at)})" in text
+    assert "quota oa: none left — resets when the customer writes again\n" in text  # where they last chatted
+    assert "held messages: 1 (sent after the customer's next message)" in text
+    assert run.json("customers", "show", str(li))["held_messages"] == 1
+    assert "quota: none on kf or the OA yet" in run("customers", "show", str(wang)).stdout
+    assert run.json("customers", "show", str(wang))["quota"] == {}

@@ -176,6 +176,24 @@ def test_show_reports_results_and_cancel_skips_what_is_pending(scrm: Scrm, peopl
     assert again.exit_code == 1 and "already cancelled" in again.output
 
 
+def test_show_counts_the_pending_by_what_they_wait_for(scrm: Scrm, people: dict[str, int]) -> None:
+    scrm("create", "--name", "回访", "--text", "最近好吗", "--any-tag", "询价", "--any-tag", "高意向")
+    push_id = scrm.json("list")[0]["id"]
+
+    async def deferred(session: AsyncSession) -> None:  # what the dispatcher would have done
+        mine = NurtureSend.push_id == push_id
+        await session.execute(update(NurtureSend).where(mine, NurtureSend.customer_id.in_([people["may"], people["li"]]))
+                              .values(reason="waiting: no quota", deferrals=1))
+        await session.execute(update(NurtureSend).where(mine, NurtureSend.customer_id == people["wang"])
+                              .values(reason="waiting: quiet hours", deferrals=1))
+
+    assert scrm.json("show", str(push_id))["waiting"] == {}  # due, not put off
+    scrm.run(deferred)
+    assert "replied 0, pending 3 (no quota 2, quiet hours 1)" in scrm("show", str(push_id)).stdout
+    data = scrm.json("show", str(push_id))
+    assert (data["pending"], data["waiting"]) == (3, {"no quota": 2, "quiet hours": 1})
+
+
 def test_unknown_push_and_empty_list(scrm: Scrm) -> None:
     assert "no pushes yet" in scrm("list").stdout
     for command in ("show", "cancel"):

@@ -269,13 +269,32 @@ def test_stats_counts_per_step_and_draws_bars(published: Scrm) -> None:
     assert (stats["enrolled"], stats["by_version"], stats["active"], stats["exited"], stats["exited_by"],
             stats["converted"]) == (4, {"1": 4}, 3, 1, {"replied": 1}, 1)
     assert stats["steps"] == [{"step": "welcome", "index": 0, "pending": 0, "sent": 3, "failed": 0, "replied": 1,
-                               "converted": 1, "skipped": {"quiet": 1}}]
+                               "converted": 1, "skipped": {"quiet": 1}, "waiting": {}}]
     shown = published("stats").stdout.splitlines()
     assert shown[0] == ("dress_lead: 4 enrolled (v1 4); active 3, paused 0, completed 0, exited 1 (replied 1); "
                         "converted 1 (25%)")
     assert shown[2].split() == ["welcome", "3", "1", "1", "1", "0", "0", "quiet", "1"]
     assert shown[3] == "  welcome  sent      " + "█" * 30 + " 3"
     assert shown[4] == "           replied   " + "█" * 10 + " 1"
+
+
+def test_stats_show_what_pending_sends_wait_for_no_quota_included(published: Scrm) -> None:
+    ids = [published.customer(f"c{i}") for i in range(4)]
+    published("enroll", "dress_lead", *[arg for i in ids for arg in ("--customer", str(i))])
+    assert "waiting for" not in published("stats").stdout  # nothing put off yet: no column
+
+    async def deferred(session: AsyncSession) -> None:  # what the dispatcher would have done
+        sends = list(await session.scalars(select(NurtureSend).order_by(NurtureSend.customer_id)))
+        for send, reason in zip(sends, ["waiting: no quota", "waiting: no quota", "waiting: quiet hours", ""],
+                                strict=True):
+            send.reason = reason
+
+    published.run(deferred)
+    [step] = published.json("stats", "dress_lead")[0]["steps"]
+    assert (step["pending"], step["waiting"]) == (4, {"no quota": 2, "quiet hours": 1})
+    shown = published("stats").stdout.splitlines()
+    assert shown[1].split()[-3:] == ["because", "waiting", "for"]
+    assert shown[2].split()[1:] == ["0", "0", "0", "0", "0", "4", "no", "quota", "2,", "quiet", "hours", "1"]
 
 
 def test_bars_show_a_sliver_for_small_numbers() -> None:
