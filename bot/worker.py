@@ -23,6 +23,7 @@ from bot.kf_sync import KfPuller
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner, put_back_after_fault
 from core import metrics
+from core.content import content_for_timeline
 from core.events import Effect, InboundEvent
 from core.faults import fault_component
 from crm_store import work_queue
@@ -195,6 +196,8 @@ def _summary(event: InboundEvent) -> dict[str, object]:
             summary[field] = getattr(event, field)
     if event.kind == "external":
         summary["name"], summary["data"] = event.extra.get("name", ""), event.extra.get("data", {})
+    if event.content is not None:  # what was received, at most a few KB: an unknown type's raw payload is cut short
+        summary["content"] = content_for_timeline(event.content)
     return summary
 
 

@@ -2,6 +2,8 @@
 
 Channels turn their XML/JSON into `InboundEvent`; the conversation layer returns
 `Effect`s; the worker turns effects into outbox rows for the channel that can deliver them.
+A message that is not text (a photo, a location, a link…) carries its typed content part
+(core/content.py) in `content`.
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.content import Content, ContentKind, content_from_payload, content_to_payload
 from core.reply_address import Channel, ReplyAddress
 
 # What happened, whatever the channel:
-#   message        the customer wrote (text) or clicked a kf menu item (menu_id set)
+#   message        the customer wrote (text), clicked a kf menu item (menu_id set), or sent something
+#                  else (content set, text empty, or an OA voice note's recognised words)
 #   enter_session  a customer opened the kf chat (scene_param, welcome_code)
 #   contact_added  a customer added a rep (state = channel code, welcome_code)
 #   contact_edited / contact_removed (the customer deleted the rep) / contact_lost (the rep deleted the customer)
 #   subscribe      OA follow (scene = qrscene code), scan (SCAN), unsubscribe, menu_click
 #   kf_sync        a kf_msg_or_event notification: pull new messages for one kf account
 #   timer          not from WeChat: a waiting conversation's timer fired (the waker)
-#   rep_message    a rep wrote to the customer in the kf workspace (sync_msg origin 5; extra.servicer)
+#   rep_message    a rep wrote to the customer in the kf workspace (sync_msg origin 5; extra.servicer;
+#                  content set when it was not text)
 #   session_ended  the kf session was ended by the rep or by WeCom (session_status_change)
 #   external       another system reported an event about the customer (channel api; sender is the
 #                  customer id; extra: name, data): flows with an `external:` trigger start on it
@@ -67,6 +72,12 @@ class InboundEvent:
     sync_token: str = ""  # kf_msg_or_event Token, valid 10 minutes for sync_msg
     created_at: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    content: Content | None = None  # what a non-text message carries; None for text and events
+
+    @property
+    def content_kind(self) -> ContentKind | Literal["text"]:
+        """The content part's kind (image, location, other…), or "text" for a message without one."""
+        return "text" if self.content is None else self.content.kind
 
     @property
     def identity_kind(self) -> str:
@@ -86,11 +97,19 @@ class InboundEvent:
         return f"{self.identity_kind}:{self.sender}"
 
     def to_payload(self) -> dict[str, Any]:
-        return {**self.__dict__, "extra": dict(self.extra)}
+        """JSON for the inbox; the content part as its tagged dict, left out when there is none
+        (a text event's payload is what it always was)."""
+        payload = {**self.__dict__, "extra": dict(self.extra)}
+        if self.content is None:
+            del payload["content"]
+        else:
+            payload["content"] = content_to_payload(self.content)
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> InboundEvent:
-        return cls(**payload)
+        content = payload.get("content")
+        return cls(**{**payload, "content": content_from_payload(content) if content else None})
 
 
 @dataclass(frozen=True)

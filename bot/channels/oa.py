@@ -23,6 +23,7 @@ from bot.channels.base import (
     required,
     text_of,
 )
+from core.content import Content, Link, Media, MediaKind, Other, location_or_other
 from core.events import EventKind, InboundEvent
 
 EVENT_KINDS: dict[str, EventKind] = {
@@ -102,7 +103,7 @@ class OaCallback:
                 )
             ]
         if msg_type != "event":
-            return []
+            return [oa_content_event(msg_type, message, created, common)]
         event = text_of(message, "Event").lower()
         key = text_of(message, "EventKey")
         kind = EVENT_KINDS.get(event, "other")
@@ -117,6 +118,62 @@ class OaCallback:
                 **common,  # type: ignore[arg-type]
             )
         ]
+
+
+def oa_content_event(msg_type: str, message: Mapping[str, Any], created: str, common: dict[str, str]
+                     ) -> InboundEvent:
+    """A follower's message that is not text, deduplicated by MsgId as text is.
+
+    A voice note with WeChat's speech recognition (<Recognition>) is read as its words, so NLU,
+    flows, tag rules and search see them; the voice itself is kept as the content part."""
+    msg_id = _field(message, "MsgId")
+    content = oa_content(msg_type, message)
+    words = _field(message, "Recognition").strip() if isinstance(content, Media) and content.kind == "voice" else ""
+    return InboundEvent(
+        kind="message",
+        dedup_key=f"oa:{msg_id}" if msg_id else f"oa:{common['sender']}:{created}:{msg_type}",
+        text=words,
+        created_at=_int(created),
+        content=content,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def oa_content(msg_type: str, message: Mapping[str, Any]) -> Content:
+    """The typed part of an OA message, by the fields of 接收普通消息
+    (https://developers.weixin.qq.com/doc/offiaccount/Message_Management/Receiving_standard_messages.html):
+    image PicUrl, MediaId; voice MediaId, Format, Recognition; video and shortvideo MediaId,
+    ThumbMediaId; location Location_X (latitude), Location_Y (longitude), Scale, Label; link
+    Title, Description, Url. Any other MsgType, or a media message without MediaId, is Other
+    with every field as received."""
+    raw = dict(message)
+    if msg_type == "location":
+        return location_or_other(msg_type, raw, _field(message, "Location_X"), _field(message, "Location_Y"),
+                                 _field(message, "Label"), scale=_int(_field(message, "Scale")))
+    if msg_type == "link":
+        return Link(_field(message, "Title"), _field(message, "Description"), _field(message, "Url"))
+    if msg_type not in OA_MEDIA:
+        return Other(msg_type, raw, f"OA MsgType {msg_type!r} is not one this version reads: stored as received")
+    media_id = _field(message, "MediaId")
+    if not media_id:
+        return Other(msg_type, raw, f"{msg_type} without MediaId")
+    return Media(
+        kind=OA_MEDIA[msg_type],
+        media_id=media_id,
+        format=_field(message, "Format"),
+        thumb_media_id=_field(message, "ThumbMediaId"),
+        pic_url=_field(message, "PicUrl"),
+        short=msg_type == "shortvideo",
+    )
+
+
+OA_MEDIA: dict[str, MediaKind] = {"image": "image", "voice": "voice", "video": "video", "shortvideo": "video"}
+
+
+def _field(message: Mapping[str, Any], key: str) -> str:
+    """A text field, "" when missing or not text: an odd shape is recorded, never a 400 to WeChat."""
+    value = message.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _int(value: str) -> int:

@@ -1,7 +1,7 @@
 """WeCom callbacks (微信客服, 客户联系, the self-built app): verify, decrypt, parse.
 
-Crypto is wechatpy's; this module adds the timestamp check and maps WeCom's XML and
-`kf/sync_msg` JSON onto `InboundEvent`.
+Crypto is wechatpy's; this module adds the timestamp check and maps WeCom's XML onto
+`InboundEvent`; `kf/sync_msg` items are read in bot/channels/kf_items.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ from bot.channels.base import (
     required,
     text_of,
 )
+from bot.channels.kf_items import events_from_kf_messages
 from core.events import Channel, InboundEvent
+
+__all__ = ["WecomCallback", "events_from_kf_messages"]
 
 CONTACT_CHANGES = {
     "add_external_contact": "contact_added",
@@ -133,74 +136,6 @@ def app_event(message: Mapping[str, Any]) -> InboundEvent:
         text=text_of(message, "Content"),
         created_at=_int(created),
     )
-
-
-SESSION_ENDED = 3  # session_status_change.change_type: the rep (or WeCom) ended the session
-
-
-def events_from_kf_messages(msg_list: list[dict[str, Any]]) -> list[InboundEvent]:
-    """Customer messages and events from a `kf/sync_msg` page (origin 3 customer, 4 system, 5 a rep)."""
-    events: list[InboundEvent] = []
-    for item in msg_list:
-        event = _kf_item(item)
-        if event is not None:
-            events.append(event)
-    return events
-
-
-def _kf_item(item: dict[str, Any]) -> InboundEvent | None:
-    msgid = str(item.get("msgid", ""))
-    open_kfid = str(item.get("open_kfid", ""))
-    msgtype = item.get("msgtype")
-    sent = _int(item.get("send_time"))
-    if item.get("origin") == 3 and msgtype == "text" and item.get("external_userid"):
-        text = item.get("text") or {}
-        return InboundEvent(
-            channel="kf",
-            kind="message",
-            dedup_key=f"kf:{msgid}",
-            sender=str(item["external_userid"]),
-            account=open_kfid,
-            text=str(text.get("content", "")),
-            menu_id=str(text.get("menu_id", "")),
-            created_at=sent,
-        )
-    if item.get("origin") == 5 and msgtype == "text" and item.get("external_userid"):
-        return InboundEvent(  # a rep answered in the kf workspace: it counts as the rep's response
-            channel="kf",
-            kind="rep_message",
-            dedup_key=f"kf:{msgid}",
-            sender=str(item["external_userid"]),
-            account=open_kfid,
-            text=str((item.get("text") or {}).get("content", "")),
-            created_at=sent,
-            extra={"servicer": str(item.get("servicer_userid", ""))},
-        )
-    if msgtype == "event":
-        body = item.get("event") or {}
-        if body.get("event_type") == "session_status_change" and body.get("change_type") == SESSION_ENDED:
-            return InboundEvent(
-                channel="kf",
-                kind="session_ended",
-                dedup_key=f"kf:{msgid}",
-                sender=str(body.get("external_userid", "")),
-                account=str(body.get("open_kfid", open_kfid)),
-                created_at=sent,
-                extra={"servicer": str(body.get("old_servicer_userid", ""))},
-            )
-        if body.get("event_type") == "enter_session" and body.get("external_userid"):
-            return InboundEvent(
-                channel="kf",
-                kind="enter_session",
-                dedup_key=f"kf:{msgid}",
-                sender=str(body["external_userid"]),
-                account=str(body.get("open_kfid", open_kfid)),
-                scene=str(body.get("scene_param", "")),
-                welcome_code=str(body.get("welcome_code", "")),
-                created_at=sent,
-                extra={"scene": str(body.get("scene", ""))},
-            )
-    return None
 
 
 def _int(value: Any) -> int:

@@ -129,6 +129,15 @@ class FakeKf(FakeQuotas):
         content = {"content": text, **({"menu_id": menu_id} if menu_id else {})}
         return self._add_kf(open_kfid, {"origin": 3, "external_userid": external_userid, "msgtype": "text", "text": content})
 
+    def add_kf_media(self, open_kfid: str, external_userid: str, msgtype: str, body: dict[str, Any]) -> str:
+        """The customer sends anything but text (an origin-3 item of `msgtype`, `body` under that key, as
+        kf/sync_msg returns it): like a text, it opens a new session after an ended one and grants 5 sends."""
+        if self.kf_state(open_kfid, external_userid)[0] == ENDED:
+            self._move(open_kfid, external_userid, NEW, by="customer")
+        self.grant_kf(open_kfid, external_userid)
+        return self._add_kf(open_kfid, {"origin": 3, "external_userid": external_userid, "msgtype": msgtype,
+                                        msgtype: body})
+
     def add_kf_enter_session(self, open_kfid: str, external_userid: str, scene_param: str = "") -> str:
         code = self.issue_welcome_code(external_userid)
         event = {

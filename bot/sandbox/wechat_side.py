@@ -9,7 +9,6 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from xml.sax.saxutils import escape
 
 from wechatpy.crypto import WeChatCrypto as OaCrypto
 from wechatpy.work.crypto import WeChatCrypto as WecomCrypto
@@ -28,7 +27,7 @@ class SignedCallback:
 def _xml(fields: dict[str, str | int]) -> str:
     parts = []
     for key, value in fields.items():
-        text = str(value) if isinstance(value, int) else f"<![CDATA[{escape(value)}]]>"
+        text = str(value) if isinstance(value, int) else _cdata(value)
         parts.append(f"<{key}>{text}</{key}>")
     return "<xml>" + "".join(parts) + "</xml>"
 
@@ -92,6 +91,32 @@ def oa_text_xml(oa_id: str, openid: str, text: str, msg_id: int | None = None) -
             "MsgId": msg_id if msg_id is not None else secrets.randbits(62),
         }
     )
+
+
+def oa_message_xml(oa_id: str, openid: str, msg_type: str, fields: dict[str, str | int | float],
+                   msg_id: int | None = None, created: int | None = None) -> str:
+    """Any OA message a follower sends, with the fields of 接收普通消息 in the order given
+    (https://developers.weixin.qq.com/doc/offiaccount/Message_Management/Receiving_standard_messages.html):
+    image PicUrl, MediaId; voice MediaId, Format (and Recognition when speech recognition is on);
+    video / shortvideo MediaId, ThumbMediaId; location Location_X, Location_Y, Scale, Label;
+    link Title, Description, Url. Numbers are written bare, text as CDATA, as WeChat does."""
+    head: dict[str, str | int | float] = {
+        "ToUserName": oa_id,
+        "FromUserName": openid,
+        "CreateTime": created or int(time.time()),
+        "MsgType": msg_type,
+    }
+    tail = {"MsgId": msg_id if msg_id is not None else secrets.randbits(62)}
+    parts = []
+    for key, value in {**head, **fields, **tail}.items():
+        text = str(value) if isinstance(value, int | float) else _cdata(value)
+        parts.append(f"<{key}>{text}</{key}>")
+    return "<xml>" + "".join(parts) + "</xml>"
+
+
+def _cdata(value: str) -> str:
+    """Text in CDATA as it is (no entities: they would be read literally), a "]]>" split across two sections."""
+    return "<![CDATA[" + value.replace("]]>", "]]]]><![CDATA[>") + "]]>"
 
 
 def oa_event_xml(oa_id: str, openid: str, event: str, key: str = "", created: int | None = None) -> str:
