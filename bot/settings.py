@@ -23,6 +23,7 @@ from pydantic_settings import (
 from crm_store.growth_settings import GrowthSettings
 from crm_store.handoff_settings import HandoffSettings
 from crm_store.lifecycle_settings import LifecycleSettings
+from crm_store.media_settings import MediaSettings
 from crm_store.nurture_settings import NurtureSettings
 from flows.settings import FlowSettings
 from nlu.settings import NluSettings
@@ -178,6 +179,7 @@ class Settings(BaseSettings):
     growth: GrowthSettings = GrowthSettings()
     handoff: HandoffSettings = HandoffSettings()
     nurture: NurtureSettings = NurtureSettings()
+    media: MediaSettings = MediaSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     sandbox: SandboxSettings = SandboxSettings()
