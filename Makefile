@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-flows bench-growth bench-nurture bench-api soak nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-faq bench-flows bench-growth bench-nurture bench-api soak nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
@@ -39,6 +39,9 @@ bench: install  ## ingest benchmark: callbacks/s and ack latency against a bare 
 
 bench-nlu: install rasa  ## NLU client vs raw Rasa: throughput, latency, fallback when Rasa stops
 	$(BIN)/python bench/nlu.py
+
+bench-faq: install rasa  ## FAQ answering: held-out accuracy, off-topic answers, training and swap time, parse latency with and without it; 500 entries
+	$(BIN)/python bench/faq.py
 
 bench-flows: install rasa  ## conversations end to end (callback -> reply) with Rasa NLU on PostgreSQL, against a plain Rasa assistant
 	$(BIN)/python bench/flows.py

@@ -18,8 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_cli.common import fields, in_store, json_option, table, when
 from admin_cli.flow_commands import published
 from admin_cli.main import cli, echo_json, settings_of
+from admin_cli.media_commands import media_data, media_table, where_kept
 from crm_store.customer_queries import CustomerCard, GrowthCard, Sort, customer_card, find_customers
 from crm_store.lifecycle import Lifecycle, StageNotAllowed, funnel, set_stage
+from crm_store.media_items import RECENT, MediaLine, received
 from crm_store.models import Conversation, Customer
 from crm_store.quota_queries import ChannelQuota, QuotaCard, quota_card
 from crm_store.tags import add_tags, remove_tags, sync_catalog, tag_counts
@@ -98,22 +100,23 @@ def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str
 @click.pass_context
 def show(ctx: click.Context, customer_id: int, events: int, as_json: bool) -> None:
     """A customer's card: stage, tags, opt-out, owner, social value, inviter, groups, rewards, stage history,
-    timeline, running flow, and what the platform still lets the bot send them (quota per channel, held messages).
+    timeline, running flow, what the platform still lets the bot send them (quota per channel, held messages),
+    and the media they sent (the newest 20: kind, size, when, where kept or why not; save one: scrm media get).
 
     Example: scrm customers show 42 --events 50
     """
     settings = settings_of(ctx)
     lifecycle = Lifecycle(settings.lifecycle)
 
-    async def work(session: AsyncSession) -> tuple[CustomerCard, Conversation | None, QuotaCard]:
+    async def work(session: AsyncSession) -> tuple[CustomerCard, Conversation | None, QuotaCard, list[MediaLine]]:
         card = await customer_card(session, customer_id, lifecycle, events)
         if card is None:
             raise CustomerNotFound(customer_id)
         running = await session.scalar(select(Conversation).where(
             Conversation.customer_id == card.row.id, Conversation.status == "active"))
-        return card, running, await quota_card(session, card.row.id)
+        return card, running, await quota_card(session, card.row.id), await received(session, customer_id=card.row.id)
 
-    card, running, quota = in_store(settings, work)
+    card, running, quota, media = in_store(settings, work)
     flow = None if running is None else {
         "flow": running.flow_id, "version": running.flow_version, "release": running.release_id,
         "step": running.step_id, "slots": running.slots, "started_at": running.started_at,
@@ -122,12 +125,14 @@ def show(ctx: click.Context, customer_id: int, events: int, as_json: bool) -> No
         echo_json(asdict(card) | {"stage_history": [move._asdict() for move in card.stage_history],
                                   "timeline": [entry._asdict() for entry in card.timeline], "conversation": flow,
                                   "quota": {q.channel: _quota_data(q) for q in quota.channels},
-                                  "held_messages": quota.held_messages})
+                                  "held_messages": quota.held_messages,
+                                  "media": media_data(media, where_kept(settings))})
         return
-    _print_card(card, flow, quota)
+    _print_card(card, flow, quota, media, where_kept(settings))
 
 
-def _print_card(card: CustomerCard, flow: dict[str, Any] | None, quota: QuotaCard) -> None:
+def _print_card(card: CustomerCard, flow: dict[str, Any] | None, quota: QuotaCard, media: list[MediaLine],
+                where: str) -> None:
     row = card.row
     click.echo(f"customer {row.id} {row.display_name}  {' '.join(row.identities)}".rstrip())
     click.echo(f"stage: {row.stage} ({card.stage_label})   marketing: "
@@ -141,9 +146,19 @@ def _print_card(card: CustomerCard, flow: dict[str, Any] | None, quota: QuotaCar
     click.echo("stage history:" if card.stage_history else "stage history: none")
     for move in card.stage_history:
         click.echo(f"  {when(move.at)}  {move.from_stage} → {move.to_stage}  {move.reason}".rstrip())
+    _print_media(row.id, media, where)
     click.echo("timeline (newest first):")
     for entry in card.timeline:
         click.echo(f"  {when(entry.at)}  {entry.kind:<18} {fields(entry.data)}".rstrip())
+
+
+def _print_media(customer_id: int, media: list[MediaLine], where: str) -> None:
+    if not media:
+        click.echo("media: none received")
+        return
+    more = f", the last {RECENT}; all: scrm media list --customer {customer_id}" if len(media) == RECENT else ""
+    click.echo(f"media (newest first{more}; kept in {where}; save one: scrm media get ID):")
+    click.echo("\n".join(f"  {row}" for row in media_table(media).splitlines()))
 
 
 def _print_growth(growth: GrowthCard) -> None:

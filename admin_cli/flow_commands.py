@@ -26,9 +26,11 @@ from flows.loader import FlowLoadError, load_sources, read_directory, read_paths
 from flows.model import (
     EventTrigger,
     ExternalTrigger,
+    FaqTrigger,
     Flow,
     FlowSet,
     IntentTrigger,
+    MediaTrigger,
     StageTrigger,
     TextTrigger,
     Trigger,
@@ -42,7 +44,7 @@ from flows.releases import NothingToPublish, Published, UnknownRelease, diff, ge
 def checked(sources: dict[str, str], settings: Settings, origins: dict[str, Path] | None = None) -> FlowSet:
     """The validated flows, or every error printed as file:line: flow, step: message and exit 1."""
     try:
-        return validate(sources, settings.lifecycle, settings.nlu)
+        return validate(sources, settings.lifecycle, settings.nlu, Path(settings.flows.directory))
     except FlowLoadError as exc:
         raise _rejected(exc, origins or {}) from None
 
@@ -103,6 +105,10 @@ def trigger_text(trigger: Trigger) -> str:
         return f"event {trigger.event}" + (f" ({where})" if where else "")
     if isinstance(trigger, ExternalTrigger):
         return f"external {trigger.name}"
+    if isinstance(trigger, FaqTrigger):
+        return f"faq {trigger.entry}"
+    if isinstance(trigger, MediaTrigger):
+        return f"media {'/'.join(trigger.kinds)}"
     return f"stage {trigger.stage}" if isinstance(trigger, StageTrigger) else f"tag {trigger.tag}"
 
 
@@ -219,7 +225,7 @@ def validate_command(ctx: click.Context, paths: tuple[Path, ...], as_json: bool)
     try:
         base = read_directory(directory) if directory.is_dir() or not paths else {}
         sources = read_paths(list(paths), base)
-        flows = validate(sources, settings.lifecycle, settings.nlu)
+        flows = validate(sources, settings.lifecycle, settings.nlu, directory)
     except FlowLoadError as exc:
         if as_json:
             echo_json({"ok": False, "errors": [vars(error) for error in exc.errors]})

@@ -65,8 +65,12 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     customer_commands,
     demo_command,  # noqa: F401  (adds `scrm demo`)
     doctor_command,  # noqa: F401  (adds `scrm doctor`)
+    faq_commands,  # noqa: F401  (adds `scrm faq`)
+    faq_nlu_commands,  # noqa: F401  (adds `scrm faq publish`, `ask` and `test`)
+    faq_report_commands,  # noqa: F401  (adds `scrm faq suggest`)
     flow_commands,
     handoff_commands,
+    media_commands,  # noqa: F401  (adds `scrm media`)
     ops_commands,
     push_commands,
     referral_commands,

@@ -1,13 +1,15 @@
-"""`scrm report ...`: read-only reports over the store (crm_store.reports, crm_store.reports_bot), as
-tables, as `--json`, or all of them in one self-contained HTML file (inline CSS and SVG, no scripts).
+"""`scrm report ...`: read-only reports over the store (crm_store.reports, crm_store.reports_bot,
+crm_store.faq_reports), as tables, as `--json`, or all of them in one self-contained HTML file
+(inline CSS and SVG, no scripts).
 
---since and --until are dates or times in the brand's time zone (growth.timezone); --until is
-exclusive, and a bare date means the end of that day.
+--since and --until are dates or times in the brand's time zone (growth.timezone), or a span back
+from now (30d, 12h, 2w); --until is exclusive, and a bare date means the end of that day.
 """
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import datetime, time, timedelta
@@ -21,13 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_cli.common import in_store, json_option, table
 from admin_cli.main import cli, echo_json, settings_of
 from bot.settings import Settings
+from crm_store.faq_reports import faq_stats
 from crm_store.lifecycle import Lifecycle
-from crm_store.reports import channels_report, funnel_report, groups_report, referrals_report
-from crm_store.reports_bot import bots_report, handoffs_report, nlu_report, nurture_report
+from crm_store.reports import channels_report, funnel_report, groups_report, rate, referrals_report
+from crm_store.reports_bot import bots_report, handoffs_report, messages_report, nlu_report, nurture_report
 
 Window = tuple[datetime | None, datetime | None]
 Loader = Callable[[AsyncSession, datetime | None, datetime | None], Awaitable[Any]]
 Rows = tuple[list[str], list[list[Any]]]  # headers, rows
+AGO = re.compile(r"(\d+)\s*([hdw])")  # 30d: thirty days before now
+AGO_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,17 @@ def _pct(value: float | None) -> str:
 
 
 def parse_moment(value: str | None, zone: ZoneInfo, option: str, end: bool = False) -> datetime | None:
-    """A date (YYYY-MM-DD) or time (YYYY-MM-DD HH:MM) in `zone`; a bare --until date means the day after."""
+    """A date (YYYY-MM-DD) or time (YYYY-MM-DD HH:MM) in `zone`, or a span back from now (30d, 12h, 2w);
+    a bare --until date means the day after."""
     if value is None:
         return None
+    if ago := AGO.fullmatch(value.strip().lower()):
+        return datetime.now(zone) - timedelta(**{AGO_UNITS[ago[2]]: int(ago[1])})
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise click.ClickException(f"{option}: {value!r} is not a date; write YYYY-MM-DD or 'YYYY-MM-DD HH:MM'"
-                                   ) from None
+        raise click.ClickException(f"{option}: {value!r} is not a date; write YYYY-MM-DD, 'YYYY-MM-DD HH:MM' "
+                                   "or a span back from now (30d, 12h, 2w)") from None
     if end and len(value.strip()) == 10 and moment.time() == time(0):
         moment += timedelta(days=1)
     return moment if moment.tzinfo else moment.replace(tzinfo=zone)
@@ -67,7 +75,7 @@ def _loaders(settings: Settings) -> dict[str, Loader]:
         "channels": lambda s, a, b: channels_report(s, a, b, purchase_stages=purchase),
         "groups": groups_report, "referrals": referrals_report, "nurture": nurture_report,
         "handoffs": handoffs_report, "bots": lambda s, a, b: bots_report(s, a, b, fallback_flow=fallback),
-        "nlu": nlu_report,
+        "messages": messages_report, "nlu": nlu_report, "faq": faq_stats,
     }
 
 
@@ -161,6 +169,13 @@ def _bots(r: Any) -> Section:
                    [(f.flow, f.started) for f in r.flows])
 
 
+def _messages(r: Any) -> Section:
+    kinds = [[k.kind, k.messages, k.customers, _pct(k.share)] for k in r.by_kind]
+    return Section("Inbound messages by kind", [("messages", r.messages), ("kinds", len(r.by_kind))],
+                   [(["kind", "messages", "customers", "share"], kinds)],
+                   [(k.kind, k.messages) for k in r.by_kind])
+
+
 def _nlu(r: Any) -> Section:
     return Section("NLU health", [("messages", r.messages), ("parsed", r.parsed), ("nlu_fallback", r.fallback),
                                   ("out_of_scope", r.out_of_scope), ("unknown rate", _pct(r.unknown_rate)),
@@ -170,9 +185,21 @@ def _nlu(r: Any) -> Section:
                    [(u.text[:24], u.count) for u in r.top_unknown])
 
 
+def _faq(lines: Any) -> Section:
+    rows = [[f.entry, f.asked, f.answered, f.chosen, f.offered, f.followed_by_handoff, f.repeated, f.not_helped,
+             _pct(f.not_helped_rate)] for f in lines]
+    asked, not_helped = sum(f.asked for f in lines), sum(f.not_helped for f in lines)
+    worst = sorted((f for f in lines if f.not_helped), key=lambda f: (-f.not_helped, f.entry))[:15]
+    return Section("FAQ", [("entries", len(lines)), ("answers given", asked), ("did not help", not_helped),
+                           ("did-not-help rate", _pct(rate(not_helped, asked)))],
+                   [(["entry", "asked", "answered", "chosen", "offered", "then handoff", "then repeat",
+                      "did not help", "rate"], rows)],
+                   [(f.entry, f.not_helped) for f in worst])  # the entries that most often did not help
+
+
 SECTIONS: dict[str, Callable[[Any], Section]] = {
     "funnel": _funnel, "channels": _channels, "groups": _groups, "referrals": _referrals, "nurture": _nurture,
-    "handoffs": _handoffs, "bots": _bots, "nlu": _nlu,
+    "handoffs": _handoffs, "bots": _bots, "messages": _messages, "nlu": _nlu, "faq": _faq,
 }
 
 # ---------------------------------------------------------------- text and HTML
@@ -233,12 +260,14 @@ def render_html(sections: list[Section], period: str) -> str:
 def window_options(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option("--until", metavar="DATE", help="Up to this date or time (exclusive; a date: its end).")(
         function)
-    return click.option("--since", metavar="DATE", help="From this date or time (brand time zone).")(function)
+    return click.option("--since", metavar="DATE", help="From this date or time (brand time zone), or this long "
+                        "ago (30d, 12h).")(function)
 
 
 @cli.group("report")
 def report_group() -> None:
-    """Read-only reports: funnel, channels, group-buys, referrals, nurture, handoffs, bot flows, NLU; or HTML."""
+    """Read-only reports: funnel, channels, group-buys, referrals, nurture, handoffs, bot flows, messages by kind,
+    NLU, FAQ; or all of them in one HTML file."""
 
 
 def _report_command(name: str, doc: str) -> None:
@@ -272,8 +301,14 @@ for _name, _doc in {
                 "Example: scrm report handoffs --since 2026-03-01",
     "bots": "Per flow: conversations started, ended by reason, containment, handoff rate; fallback rate.\n\n"
             "Example: scrm report bots --since 2026-03-01 --json",
+    "messages": "Customer messages by kind (text, image, voice, video, file, location, link, miniprogram, …): "
+                "how many, from how many customers, and each kind's share.\n\n"
+                "Example: scrm report messages --since 30d --json",
     "nlu": "NLU health: messages parsed, fallback and out-of-scope rate, low confidence, top unknown messages.\n\n"
            "Example: scrm report nlu --since 2026-03-01",
+    "faq": "Per FAQ entry: asked (answered at once or chosen from an offer), offered as a choice, and how often "
+           "an answer was followed within 10 minutes by a handoff or the same entry again (did not help).\n\n"
+           "Example: scrm report faq --since 30d --json",
 }.items():
     _report_command(_name, _doc)
 

@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 from admin_cli.main import cli, settings_of
 from bot.app import create_app
 from bot.logs import configure_logging
-from bot.runtime import RUNTIME
+from bot.runtime import RUNTIME, directory_faq
 from bot.sandbox.demo import has_customers
 from bot.settings import Settings
 from crm_store.migrate import SchemaNotCurrent, ensure_schema
@@ -78,7 +78,8 @@ async def _has_customers(app: web.Application) -> bool:
 
 
 async def _serve(settings: Settings, role: str) -> None:
-    rasa = ManagedRasa(settings.nlu) if settings.nlu.mode == "managed" else None
+    rasa = ManagedRasa(settings.nlu, faq=directory_faq(settings).training_rows()) \
+        if settings.nlu.mode == "managed" else None
     if rasa is not None:
         await rasa.start()
     app = create_app(settings, run_workers=role != "web", managed_rasa=rasa)

@@ -69,7 +69,7 @@ def try_command(ctx: click.Context, directory: Path | None, nlu_mode: str | None
 
 async def _chat(settings: Settings, flows: FlowSet) -> None:
     with tempfile.TemporaryDirectory(prefix="scrm-try-") as folder:
-        async with rasa_for_call(settings.nlu) as (url, token):
+        async with rasa_for_call(settings.nlu, flows.faq.training_rows()) as (url, token):
             nlu = settings.nlu.model_copy(update={"mode": "rules"} if url is None else {
                 "mode": "external", "rasa_url": url, "auth_token": SecretStr(token or "")})
             if settings.nlu.mode != "rules" and url is None:

@@ -70,6 +70,7 @@ def bot_environment(store_url: str, port: int, fake_base: str) -> dict[str, str]
         "SCRM__OA__APP_SECRET": OA_SECRET,
         "SCRM__OA__TOKEN": KEYS["oa"][0],
         "SCRM__OA__ENCODING_AES_KEY": KEYS["oa"][1],
+        "SCRM__MEDIA__LINK_SECRET": "bench-media-link-secret",
     })
     for name in ("kf", "contacts", "app"):
         env[f"SCRM__WECOM__{name.upper()}__TOKEN"] = KEYS[name][0]

@@ -1,4 +1,4 @@
-"""The aiohttp application: callback endpoints, /healthz, /metrics and, in the sandbox, the chat page.
+"""The aiohttp application: callback endpoints, /healthz, /metrics, /media links and, in the sandbox, the chat page.
 
 `create_app(settings)` returns an app whose start-up opens the runtime (and, with the
 sandbox on, the fake WeCom/OA API on `sandbox.api_port`, which the API clients are
@@ -18,6 +18,7 @@ from bot.channels.oa import OaCallback
 from bot.channels.wecom import WecomCallback
 from bot.health import healthz, metrics_endpoint
 from bot.inbox import InboxWriter
+from bot.media_routes import add_media_routes
 from bot.runtime import RUNTIME, Runtime
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import SIMULATOR, Simulator, add_sandbox_routes, fake_for
@@ -40,6 +41,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     add_callback_routes(app)
+    add_media_routes(app)  # signed links to stored media, for reps (bot/media_links.py)
     api = create_api(ApiLimits(settings.api.requests_per_window, settings.api.window_s, settings.api.max_body_bytes))
     app.add_subapp(PREFIX, api)
     app[API_LIMITS] = api[API_LIMITS]  # one object: tightening it on the main app holds for the API

@@ -4,7 +4,8 @@ outbox row (written in the turn's transaction; the sender makes the calls).
 Which call depends on where the customer is: a kf chat (`kf/send_msg`, or
 `kf/send_msg_on_event` with the single-use welcome code), a new WeCom contact
 (`externalcontact/send_welcome_msg` inside the WelcomeCode's 20 s), the Official
-Account (`message/custom/send`), or a rep in the self-built app (`message/send`).
+Account (`message/custom/send`), or a rep in the self-built app (`message/send`). Media go by
+their source, and the sender uploads them just before the call (the `MEDIA` payload key).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.quota import as_oa_text
-from core.events import InboundEvent, KfState, Reply, ToRep
+from core.events import InboundEvent, KfState, MediaAttachment, Reply, ToRep
 from core.reply_address import ReplyAddress
 from crm_store.models import Customer, OutboxItem
 
@@ -52,6 +53,8 @@ class Welcome:
 def reply_call(to: ReplyAddress, reply: Reply, agent_id: int = 0, welcome: Welcome | None = None
                ) -> OutboundCall | None:
     """The API call that says `reply` to `to`; None when no channel can carry it now."""
+    if reply.media is not None:
+        return _media_call(to, reply.media)
     if to.channel == "kf":
         content = _kf_content(reply)
         if welcome is not None:
@@ -79,6 +82,31 @@ def reply_call(to: ReplyAddress, reply: Reply, agent_id: int = 0, welcome: Welco
     )
 
 
+MEDIA = "_media"  # a payload key the sender's prepare removes: what to upload for the message's media_id
+OA_MEDIA = frozenset({"image", "voice", "video"})  # message/custom/send has no file message
+
+
+def _media_call(to: ReplyAddress, media: MediaAttachment) -> OutboundCall | None:
+    """An image, file, voice note or video: kf/send_msg, or the OA's custom send (not a file: it has none).
+
+    The row keeps the source (a flow directory path or an https URL); the sender uploads it and fills in
+    `media_id` just before the call (bot/media_uploads.py), since an uploaded id lasts only 3 days."""
+    part: dict[str, Any] = {"msgtype": media.kind, media.kind: {"media_id": ""}, MEDIA: {"source": media.source}}
+    if to.channel == "kf":
+        return OutboundCall("kf.send_msg", {"touser": to.user, "open_kfid": to.account, **part})
+    if to.channel == "oa" and media.kind in OA_MEDIA:
+        return OutboundCall("oa.custom_send", {"touser": to.user, **part})
+    return None  # a WeCom contact (only a rep's messages reach them) or a file on the OA: recorded as undeliverable
+
+
+def rep_media_call(userid: str, agent_id: int, msgtype: str, key: str, filename: str) -> OutboundCall:
+    """A stored item (crm_store/media_store.py `key`) to a rep in the self-built app, as an image or a file;
+    uploaded with the app's credential by the sender, just before the call."""
+    return OutboundCall("app.message_send", {
+        "touser": userid, "agentid": agent_id, "msgtype": msgtype, msgtype: {"media_id": ""},
+        MEDIA: {"key": key, "filename": filename}, "enable_duplicate_check": 1, "duplicate_check_interval": 1800})
+
+
 def welcome_of(event: InboundEvent) -> Welcome | None:
     """The event's welcome code, valid 20 s after the event: the first reply may use it."""
     if not event.welcome_code:
@@ -87,6 +115,7 @@ def welcome_of(event: InboundEvent) -> Welcome | None:
 
 
 WELCOME_CODE_TTL_S = 20  # kf and contact welcome codes are valid 20 s after the event
+WELCOME_KINDS = frozenset({"kf.send_msg_on_event", "contacts.send_welcome_msg"})  # calls that use up the code
 SEND_BY = "_send_by"  # a payload key the sender honours and removes: past it, the call is pointless
 
 

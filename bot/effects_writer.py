@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.delivery import (
     REACHABLE_AFTER,
+    WELCOME_KINDS,
     Welcome,
     effect_key,
     kf_state_call,
@@ -57,6 +58,9 @@ async def write_effects(
             await record(session, customer.id, effect.kind, effect.data)
         elif isinstance(effect, Reply) and event.channel != "api":
             writer.pending.append(effect)
+        elif isinstance(effect, Reply) and effect.media is not None:  # a notification is text only
+            await record(session, customer.id, "reply.undeliverable", {"channel": "api", "media": effect.media.source,
+                                                                       "reason": "media go only in the customer's turn"})
         elif isinstance(effect, Reply):  # nobody wrote: the answer goes where the customer last chatted
             await writer.flush()
             writer.queued += await write_notification(session, writer.next_key(),
@@ -130,10 +134,13 @@ class _TurnWriter:
         if call is None:
             await record(self.session, self.customer.id, "reply.undeliverable", {"channel": self.channel})
             return False
-        self.welcome = None  # single use
+        if call.kind in WELCOME_KINDS:
+            self.welcome = None  # single use (a media reply does not use it: the code carries text only)
         queue_call(self.session, dedup_key or self.next_key(), call, self.customer.id)
         await self.ledger.spend(self.customer.id, self.channel, call.kind)
-        data = {"text": reply.text[:200], "via": call.kind, **({"about": about} if about else {})}
+        data: dict[str, object] = {"text": reply.text[:200], "via": call.kind, **({"about": about} if about else {})}
+        if reply.media is not None:
+            data["media"] = {"kind": reply.media.kind, "source": reply.media.source[:300]}
         await record(self.session, self.customer.id, note, data)
         self.queued += 1
         return True

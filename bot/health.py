@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from bot.media_links import links_problem
 from bot.runtime import RUNTIME, Runtime
 from core import metrics
 from core.faults import FAULTS
@@ -52,6 +53,8 @@ async def health_report(runtime: Runtime) -> tuple[int, dict[str, Any]]:
                         "last_error": runtime.outbox.last_error}
     if outbox.get("failed", 0):
         degraded.append(f"sender: {outbox['failed']} messages failed permanently (see `scrm outbox list --status failed`)")
+    if problem := links_problem(runtime.settings):
+        degraded.append(problem)
     faults = FAULTS.report()
     degraded.extend(f"{fault['component']}: unavailable for {fault['down_s']} s ({fault['error']}); "
                     f"work waits and is retried" for fault in faults)

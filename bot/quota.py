@@ -1,7 +1,8 @@
 """Budgeting sends against the platform's quota: the ledger of one unit of work, and a turn's replies fitted to it.
 
 A turn's replies come first. Consecutive texts are merged into one message (up to the
-platform's length limit) before they are counted; a turn that still has more messages than
+platform's length limit) before they are counted (an image, a file, a voice note or a video is a
+message of its own, never merged, and counts as one like any other); a turn that still has more messages than
 its allowance sends what matters most (answers before suggestions: menus and cards) and
 records what it held back. Everything else (another customer's group filling, a friend
 arriving) uses what is left, or is held for the customer's next message.
@@ -90,9 +91,10 @@ def within(messages: list[Reply], budget: int | None) -> tuple[list[Reply], list
 
 
 def held_back(messages: list[Reply], reason: str) -> dict[str, object]:
-    """The timeline note of what a turn could not send."""
+    """The timeline note of what a turn could not send (media by its kind and source)."""
     metrics.QUOTA_DECISIONS.labels("reply", "held_back").inc(len(messages))
-    return {"reason": reason, "count": len(messages), "texts": [m.text[:200] for m in messages]}
+    texts = [m.text[:200] if m.media is None else f"[{m.media.kind}] {m.media.source}"[:200] for m in messages]
+    return {"reason": reason, "count": len(messages), "texts": texts}
 
 
 def _is_suggestion(reply: Reply) -> bool:
@@ -100,7 +102,8 @@ def _is_suggestion(reply: Reply) -> bool:
 
 
 def _plain(reply: Reply) -> bool:
-    return not _is_suggestion(reply)
+    """Text that may be joined to the text around it: not a menu or card, and not media (an image is not text)."""
+    return not _is_suggestion(reply) and reply.media is None
 
 
 def _join(first: Reply, second: Reply) -> Reply | None:
@@ -110,7 +113,7 @@ def _join(first: Reply, second: Reply) -> Reply | None:
     if _plain(second):
         text = f"{first.text}\n\n{second.text}"
         joined = Reply(text) if _fits(text, TEXT_LIMIT_BYTES) else None
-    elif second.menu and not (second.link or second.miniprogram):  # kf: the text leads the menu
+    elif second.menu and not (second.link or second.miniprogram or second.media):  # kf: the text leads the menu
         head = f"{first.text}\n\n{second.menu_head or second.text}"
         joined = replace(second, menu_head=head) if _fits(head, MENU_HEAD_LIMIT_BYTES) else None
     if joined is not None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -19,6 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot.growth_jobs import GrowthJobs
 from bot.handoff_jobs import HandoffJobs
 from bot.kf_sync import KfPuller
+from bot.media_fetch import MediaFetcher
+from bot.media_links import links_problem, signed_media_url
+from bot.media_to_reps import RepMedia
+from bot.media_uploads import MediaUploads
 from bot.nurture_dispatch import NurtureDispatcher
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner
@@ -32,14 +38,48 @@ from bot.wechat_api import WeChatApi, oa_credential, wecom_credential
 from bot.worker import InboxWorker, TurnPipeline
 from core.shared_state import SharedState, open_shared_state
 from crm_store.db import count_store_work, create_engine, session_factory
+from crm_store.media_store import MediaStore, build_media_store
 from crm_store.models import InboxItem, OutboxItem
 from crm_store.work_queue import due_count
 from flows.assembly import Domain, assemble
+from flows.errors import FlowLoadError
+from flows.faq import read_faq
+from flows.faq_model import FaqBook
 from flows.publishing import publish_if_unpublished
 from nlu.client import NluClient
 from nlu.server import ManagedRasa
 
 log = logging.getLogger("scrm.runtime")
+
+
+def directory_faq(settings: Settings) -> FaqBook:
+    """The FAQ of the configured flow directory: what the NLU model trains on and the keyword rules know.
+
+    A broken faq.yaml must not keep the bot from starting: it is logged loudly and the NLU goes
+    without the FAQ (`scrm flows validate` lists every error; `scrm faq publish` refuses it).
+    """
+    try:
+        return read_faq(Path(settings.flows.directory), settings.lifecycle)
+    except FlowLoadError as exc:
+        log.error("nlu.faq.rejected directory=%s: the NLU runs without the FAQ until it is fixed\n%s",
+                  settings.flows.directory, exc)
+        return FaqBook()
+
+
+def nlu_client(settings: Settings, state: SharedState, managed_rasa: ManagedRasa | None) -> NluClient:
+    """The NLU client with the FAQ's keyword rules, following the managed Rasa through model swaps."""
+    book = directory_faq(settings)
+    nlu = NluClient(
+        settings.nlu,
+        state,
+        rasa_url=managed_rasa.url if managed_rasa else None,
+        token=managed_rasa.token if managed_rasa else None,
+        faq=book.training_rows(),
+        faq_titles={entry.id: entry.title for entry in book.entries.values()},
+    )
+    if managed_rasa is not None:
+        managed_rasa.on_swap(nlu.use_server)
+    return nlu
 
 
 @dataclass
@@ -64,6 +104,8 @@ class Runtime:
     webhook_feed: WebhookFeed | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     scheduler: AsyncIOScheduler | None = None
+    media_fetcher: MediaFetcher | None = None  # downloads what customers send into the media store
+    media_store: MediaStore | None = None  # the one store: the fetcher's, links' (bot/media_routes.py), uploads'
 
     @classmethod
     async def open(
@@ -79,19 +121,21 @@ class Runtime:
         state = open_shared_state(settings.redis.url or None)
         http = aiohttp.ClientSession()
         apis = build_apis(settings, http, state)
-        nlu = NluClient(
-            settings.nlu,
-            state,
-            rasa_url=managed_rasa.url if managed_rasa else None,
-            token=managed_rasa.token if managed_rasa else None,
-        )
+        nlu = nlu_client(settings, state, managed_rasa)
         await nlu.start()
         waker = growth_jobs = handoff_jobs = rep_commands = nurture = domain = None
+        store = build_media_store(settings.media)  # what customers send, kept; what reps are sent from it
+
+        def media_link(item_id: int) -> str:
+            return signed_media_url(settings, item_id, time.time())
+
+        if problem := links_problem(settings):
+            log.warning("media.links %s", problem)
         if pipeline is None:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
             domain = assemble(settings.flows, settings.lifecycle, settings.growth, settings.handoff, settings.nurture,
-                              nlu)
+                              nlu, media_link)
             rep_commands = RepCommands(domain.desk)
             agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
             handoff_jobs = HandoffJobs(sessions, domain.desk, interval_s, agent_id)
@@ -111,9 +155,13 @@ class Runtime:
             rep_commands,
         )
         webhooks = WebhookSender(sessions, http, worker_settings.max_attempts, worker_settings.retry_base_s)
+        uploads = MediaUploads(apis, state, store, Path(settings.flows.directory), http)
         sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s,
-                              webhooks=webhooks, finish_within_s=worker_settings.claim_ttl_s / 2)
+                              webhooks=webhooks, finish_within_s=worker_settings.claim_ttl_s / 2, media=uploads)
         webhook_feed = WebhookFeed(sessions, settings.flows.wake_interval_s)
+        media_fetcher = MediaFetcher(sessions, apis, store, worker_settings.max_attempts,
+                                     worker_settings.retry_base_s, settings.flows.wake_interval_s)
+        media_fetcher.on_stored = RepMedia(media_link, settings.wecom.app.agent_id, settings.media.link_ttl_s).forward
         inbox = QueueRunner(
             "inbox", sessions, InboxItem, worker.process, worker_settings.inbox_concurrency,
             worker_settings.poll_interval_s, worker_settings.claim_ttl_s,
@@ -124,12 +172,13 @@ class Runtime:
         )
         puller.inbox, worker.outbox = inbox, outbox
         sender.on_rate_limited = outbox.pause
-        webhook_feed.on_outbox = outbox.wake
+        webhook_feed.on_outbox = media_fetcher.on_outbox = outbox.wake
         if waker is not None and growth_jobs is not None and handoff_jobs is not None and nurture is not None:
             waker.on_outbox = growth_jobs.on_outbox = handoff_jobs.on_outbox = nurture.on_outbox = outbox.wake
         return cls(
             settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, domain, waker,
-            growth_jobs, handoff_jobs, nurture, managed_rasa, webhook_feed,
+            growth_jobs, handoff_jobs, nurture, managed_rasa, webhook_feed, media_fetcher=media_fetcher,
+            media_store=store,
         )
 
     def start_background(self) -> None:
@@ -148,6 +197,8 @@ class Runtime:
                 self.nurture.schedule(self.scheduler)
             if self.webhook_feed is not None:
                 self.webhook_feed.schedule(self.scheduler)
+            if self.media_fetcher is not None:
+                self.media_fetcher.schedule(self.scheduler)
             self.scheduler.start()
 
     async def drain(self) -> None:
@@ -168,6 +219,8 @@ class Runtime:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.media_fetcher is not None:
+            await self.media_fetcher.close()
         await self.nlu.close()
         await self.http.close()
         await self.state.close()

@@ -6,7 +6,8 @@ duplicate check); an OA customer-service message is then marked failed as "outco
 unknown" instead: a possibly missing message is visible to admins, a double one is not
 undoable. That mark is written only when the request is about to leave (the token in
 hand): whatever fails before — Redis down, no token, the connection refused — left
-nothing at WeChat, so the row is put back and tried again.
+nothing at WeChat, so the row is put back and tried again. A row with media is uploaded first
+(bot/media_uploads.py), in its kind's `prepare` step.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.corp_tags import CorpTags
 from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
+from bot.media_uploads import MediaUploads
 from bot.queue_runner import put_back_after_fault
 from bot.quota import SPENDS_ALLOWANCE
 from bot.webhook_sender import WebhookSender
-from bot.wechat_api import RATE_LIMITED, ApiError, NotSent, WeChatApi
+from bot.wechat_api import RATE_LIMITED, ApiError, NotSent, RetryableApiError, WeChatApi
 from core import metrics
 from core.allowance import QUOTA_REFUSALS, refusal_reason
 from core.faults import FAULTS, fault_component
@@ -37,6 +39,8 @@ from crm_store.work_queue import ClaimLost
 log = logging.getLogger("scrm.sender")
 
 CALL_STARTED = "call started"
+MEDIA_KINDS = ("kf.send_msg", "oa.custom_send", "app.message_send")  # kinds whose rows may carry media to upload
+INVALID_MEDIA_ID = 40007  # the platform forgot an uploaded id (past its 3 days, or early)
 
 # Turns a stored payload into the API body just before the call; None: nothing to send.
 Prepare = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
@@ -52,6 +56,7 @@ class OutboxSender:
         rate_limit_pause_s: float = 2.0,
         webhooks: WebhookSender | None = None,
         finish_within_s: float = 30.0,
+        media: MediaUploads | None = None,
     ) -> None:
         self.sessions = sessions
         self.finish_within_s = finish_within_s  # recording an outcome is retried this long (under the claim ttl)
@@ -65,6 +70,10 @@ class OutboxSender:
         self.webhooks = webhooks  # "webhook.post" rows are HTTP posts to our endpoints, not WeChat API calls
         if "wecom.contacts" in apis:  # mark_tag is stored by tag names; WeCom wants corp tag ids
             self.prepare["contacts.mark_tag"] = CorpTags(apis["wecom.contacts"], sessions).prepare_mark_tag
+        self.media = media  # rows with media keep their source; the upload happens here, just before the call
+        if media is not None:
+            for kind in MEDIA_KINDS:
+                self.prepare[kind] = media.preparer(OUTBOX_KINDS[kind][0])
 
     async def send(self, item: OutboxItem) -> None:
         if item.kind == WEBHOOK_POST:
@@ -103,6 +112,8 @@ class OutboxSender:
             await self._not_sent(item, exc)
             return
         except ApiError as exc:
+            if exc.errcode == INVALID_MEDIA_ID and self.media and await self.media.forget(credential, item.payload):
+                exc = RetryableApiError(exc.errcode, f"{exc.errmsg} (the cached media id is dropped: uploaded again)")
             if item.kind == "kf.service_state_trans" and exc.errcode == SAME_STATE and item.attempts > 1:
                 await self._close(item, "done", "already moved (resent after an interrupted attempt)")
                 return

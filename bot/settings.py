@@ -40,9 +40,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _public_url(value: str) -> str:
+    url = value.strip().rstrip("/")
+    if url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+        raise ValueError("must be the bot's address as reps and WeChat reach it, e.g. https://scrm.example.com")
+    return url
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    # Where reps' phones reach the bot (links to stored media); empty: http://host:port, for the sandbox only.
+    public_url: Annotated[str, AfterValidator(_public_url)] = ""
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
@@ -219,6 +228,11 @@ class Settings(BaseSettings):
                 + " (set them from the environment, e.g. SCRM__WECOM__KF__TOKEN)"
             )
         return self
+
+    @property
+    def public_base(self) -> str:
+        """The bot's address for links people open: server.public_url, or this host and port without one."""
+        return self.server.public_url or f"http://{self.server.host}:{self.server.port}"
 
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with every secret shown as '**********'."""

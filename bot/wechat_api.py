@@ -16,21 +16,30 @@ The exception tree:
     ├── RetryableApiError    45009 (slow down), -1 (busy), 5xx, timeouts: try again later
     │   └── NotSent          the request never left: no token (shared state down), connection refused
     └── (ApiError itself)    anything else: permanent, recorded with the reason
+
+`download()` GETs a file (media/get) with the same token handling and errors; a file larger than
+the caller's limit is `crm_store.media_store.MediaTooLarge`, raised before the rest is read.
+`upload()` POSTs one (media/upload) as multipart form data, again with the same handling.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 
+from core.content import MediaKind
 from core.faults import FAULTS, fault_component
 from core.shared_state import LockNotAcquired, SharedState
+from crm_store.media_store import MediaTooLarge
 
 log = logging.getLogger("scrm.api")
 
@@ -44,6 +53,11 @@ NOT_CONNECTED, NO_TOKEN = -4, -5  # our codes for a request that never left
 # 500, 502 and 504 say something failed behind the gateway, perhaps after the call took effect: unknown.
 UNAVAILABLE = -503
 REDIS_RETRY_S = 5.0  # while the shared state is down, how often a held token's holder looks again
+NOT_A_FILE = -6  # our code for a download answered with JSON that is neither an error nor a link
+DOWNLOAD_CHUNK = 64 * 1024
+JSON_ANSWER_MAX = 64 * 1024  # an error or a video_url answer is a few hundred bytes
+_FILENAME_STAR = re.compile(r"filename\*\s*=\s*(?:utf-8)?'[^']*'([^;]+)", re.IGNORECASE)  # RFC 6266 / 5987
+_FILENAME = re.compile(r'filename\s*=\s*"([^"]*)"|filename\s*=\s*([^;]+)', re.IGNORECASE)
 
 # Called once, just before a request leaves: after it, the outcome may be unknown.
 Leaving = Callable[[], Awaitable[None]]
@@ -114,6 +128,8 @@ class WeChatApi:
         self.state = state
         self.credential = credential
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # A download may take longer than a call in all, but no single read may stall longer.
+        self.download_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self.token_fetches = 0
         # This process's copy of the token: until when it is used without reading the shared state,
         # and until when it is certainly valid (used instead of the shared state when that is down).
@@ -130,20 +146,34 @@ class WeChatApi:
     async def get(self, path: str, params: dict[str, str]) -> dict[str, Any]:
         return await self._call("GET", path, None, params, None)
 
+    async def upload(self, path: str, params: dict[str, str], data: bytes, filename: str,
+                     content_type: str) -> dict[str, Any]:
+        """POST a file as the multipart field "media" (`media/upload`), with post()'s token handling and errors.
+
+        The form is built anew for each attempt: aiohttp sends a FormData once. The file name goes as UTF-8,
+        as browsers send it (percent-encoded, WeChat would show the escapes)."""
+        def form() -> aiohttp.FormData:
+            built = aiohttp.FormData(quote_fields=False)
+            built.add_field("media", data, filename=filename, content_type=content_type or "application/octet-stream")
+            return built
+
+        return await self._call("POST", path, None, params, None, form)
+
     async def _call(
-        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str], leaving: Leaving | None
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str], leaving: Leaving | None,
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> dict[str, Any]:
         token = await self.access_token()
         if leaving is not None:
             await leaving()
         try:
-            return await self._request(method, path, body, {**params, "access_token": token})
+            return await self._request(method, path, body, {**params, "access_token": token}, form)
         except ApiError as exc:
             if exc.errcode not in TOKEN_INVALID:
                 raise
             log.info("api.token.rejected name=%s errcode=%s", self.credential.name, exc.errcode)
             token = await self.access_token(stale=token)
-            return await self._request(method, path, body, {**params, "access_token": token})
+            return await self._request(method, path, body, {**params, "access_token": token}, form)
 
     async def access_token(self, stale: str | None = None) -> str:
         """The shared token; with `stale`, a fresh one unless another instance already refreshed it.
@@ -196,14 +226,18 @@ class WeChatApi:
         return token
 
     async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str]
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str],
+        form: Callable[[], aiohttp.FormData] | None = None,
     ) -> dict[str, Any]:
         url = f"{self.credential.base_url.rstrip('/')}/{path}"
-        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        payload: bytes | aiohttp.FormData | None = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json; charset=utf-8"} if payload is not None else None
+        if form is not None:  # a file: as long as its bytes take, with no single read stalled (as a download)
+            payload, headers = form(), None
+        timeout = self.timeout if form is None else self.download_timeout
         try:
             async with self.http.request(
-                method, url, params=params, data=payload, headers=headers, timeout=self.timeout
+                method, url, params=params, data=payload, headers=headers, timeout=timeout
             ) as response:
                 if response.status >= 500:
                     raise RetryableApiError(-response.status, f"HTTP {response.status}", path)
@@ -216,8 +250,133 @@ class WeChatApi:
             raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
         except ValueError:
             raise RetryableApiError(-3, "answer is not JSON", path) from None
-        errcode = int(data.get("errcode", 0) or 0)
-        if errcode:
-            error = RetryableApiError if errcode in RETRYABLE else ApiError
-            raise error(errcode, str(data.get("errmsg", "")), path)
+        _raise_errcode(data, path)
         return data
+
+    @asynccontextmanager
+    async def download(self, path: str, params: dict[str, str], max_bytes: int = 0,
+                       kind: MediaKind = "file") -> AsyncIterator[Downloaded]:
+        """GET a file: `async with api.download("media/get", {"media_id": m}, limit, "image") as got: ...`.
+
+        WeChat answers a download with the file, or with JSON (told apart by the Content-Type, an
+        attachment being a file whatever its type): an errcode is raised as post() raises it (a rejected
+        token is refreshed once), a `video_url` (the OA's answer for a video) is followed. The file is
+        streamed while the block runs and released after it; past `max_bytes` (0: no limit) it is
+        MediaTooLarge, at once from its Content-Length, else as soon as the bytes read pass the limit."""
+        token = await self.access_token()
+        try:
+            response = await self._open_download(path, {**params, "access_token": token})
+        except ApiError as exc:
+            if exc.errcode not in TOKEN_INVALID:
+                raise
+            log.info("api.token.rejected name=%s errcode=%s", self.credential.name, exc.errcode)
+            token = await self.access_token(stale=token)
+            response = await self._open_download(path, {**params, "access_token": token})
+        try:
+            declared = response.content_length
+            if max_bytes and declared is not None and declared > max_bytes:
+                log.info("api.download.too_large path=%s kind=%s declared=%s limit=%s", path, kind, declared, max_bytes)
+                raise MediaTooLarge(kind, max_bytes, 0)
+            yield Downloaded(_file_chunks(response, path, max_bytes, kind), response.headers.get("Content-Type", ""),
+                             disposition_filename(response.headers.get("Content-Disposition", "")), declared)
+        finally:
+            response.release()
+
+    async def _open_download(self, path: str, params: dict[str, str], link: str = "") -> aiohttp.ClientResponse:
+        """The response that carries the file, once its status and kind are checked; `link`: a video_url
+        being followed (a plain link: no token, and not followed further)."""
+        url = link or f"{self.credential.base_url.rstrip('/')}/{path}"
+        try:
+            response = await self.http.get(url, params=params, timeout=self.download_timeout)
+        except aiohttp.ClientConnectorError as exc:
+            raise NotSent(NOT_CONNECTED, f"{type(exc).__name__}: {exc}", path) from None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
+        try:
+            if response.status >= 500:
+                raise RetryableApiError(-response.status, f"HTTP {response.status}", path)
+            if response.status != 200:
+                raise ApiError(-response.status, f"HTTP {response.status}", path)
+            if not _is_json_answer(response.headers):
+                return response
+            data = await _json_answer(response, path)
+        except BaseException:
+            response.release()
+            raise
+        response.release()
+        _raise_errcode(data, path)
+        video_url = str(data.get("video_url") or "")
+        if video_url and not link:
+            return await self._open_download(path, {}, video_url)
+        raise ApiError(NOT_A_FILE, f"answered JSON, not a file: {sorted(data)[:5]}", path)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A file WeChat answered with: its chunks (read once, never past the caller's limit), type and name."""
+
+    stream: AsyncIterator[bytes]
+    content_type: str
+    filename: str  # from Content-disposition, as sent: data only, never a path
+    size: int | None  # the Content-Length, when the server gave one
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.stream])
+
+
+def _raise_errcode(data: dict[str, Any], path: str) -> None:
+    errcode = int(data.get("errcode", 0) or 0)
+    if errcode:
+        error = RetryableApiError if errcode in RETRYABLE else ApiError
+        raise error(errcode, str(data.get("errmsg", "")), path)
+
+
+def _is_json_answer(headers: Mapping[str, str]) -> bool:
+    """WeChat's JSON (an error, or the OA's video_url), not a file: a file comes as an attachment, and an
+    answer without one is JSON when typed so (the OA sends its errors as text/plain)."""
+    if "attachment" in headers.get("Content-Disposition", "").lower():
+        return False
+    mime = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    return mime in ("application/json", "text/json", "text/plain")
+
+
+async def _json_answer(response: aiohttp.ClientResponse, path: str) -> dict[str, Any]:
+    body = bytearray()
+    try:
+        async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+            body += chunk
+            if len(body) > JSON_ANSWER_MAX:
+                raise RetryableApiError(-3, "answer is not a file and too long for JSON", path)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
+    try:
+        data = json.loads(bytes(body))
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise RetryableApiError(-3, "answer is neither a file nor JSON", path)
+    return data
+
+
+async def _file_chunks(response: aiohttp.ClientResponse, path: str, max_bytes: int,
+                       kind: MediaKind) -> AsyncIterator[bytes]:
+    """The body as it arrives; MediaTooLarge as soon as it passes `max_bytes` (the rest is never read)."""
+    received = 0
+    try:
+        async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
+            received += len(chunk)
+            if max_bytes and received > max_bytes:
+                log.info("api.download.too_large path=%s kind=%s read=%s limit=%s", path, kind, received, max_bytes)
+                raise MediaTooLarge(kind, max_bytes, received)
+            yield chunk
+    except (TimeoutError, aiohttp.ClientError) as exc:  # a stalled or cut-off body: try again later
+        raise RetryableApiError(-2, f"{type(exc).__name__}: {exc}", path) from None
+
+
+def disposition_filename(value: str) -> str:
+    """The file name a Content-Disposition header gives (its UTF-8 `filename*` form first), "" for none."""
+    star = _FILENAME_STAR.search(value)
+    if star:
+        return unquote(star[1].strip().strip('"'))
+    plain = _FILENAME.search(value)
+    return (plain[1] if plain[1] is not None else plain[2].strip()) if plain else ""

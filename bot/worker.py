@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bot.delivery import effect_key, remember_reach
 from bot.effects_writer import write_effects, write_side_effect
 from bot.kf_sync import KfPuller
+from bot.media_fetch import queue_media
 from bot.profiles import ProfileLookup
 from bot.queue_runner import QueueRunner, put_back_after_fault
 from core import metrics
@@ -111,6 +112,7 @@ class InboxWorker:
             hold_timeline(session)
             inbound = _summary(event)
             await record(session, customer.id, f"inbound.{event.kind}", inbound)  # held: the first row of the turn
+            await queue_media(session, customer.id, event)  # media: downloaded later, never waited for
             turn = Turn(session, event, customer, is_new_customer=not known, facts=facts)
             effects = await self.pipeline.run(turn)
             inbound.update(_understood(turn.intent))

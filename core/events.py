@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.content import Content, ContentKind, content_from_payload, content_to_payload
+from core.content import Content, ContentKind, MediaKind, content_from_payload, content_to_payload
 from core.reply_address import Channel, ReplyAddress
 
 # What happened, whatever the channel:
@@ -134,14 +134,27 @@ class MiniProgramCard:
 
 
 @dataclass(frozen=True)
+class MediaAttachment:
+    """An image, file, voice note or video to send, named by where its bytes are: a path relative to the
+    flow directory, or an https URL. Not a media id: those last 3 days, so the sender uploads the bytes
+    (media/upload) just before the call and the outbox row keeps only this source."""
+
+    kind: MediaKind
+    source: str
+
+
+@dataclass(frozen=True)
 class Reply:
-    """Say something to the customer on the channel they used: text, with buttons, or one card."""
+    """Say something to the customer on the channel they used: text, with buttons, one card, or one media item.
+
+    A reply with `media` is a message of its own (an image, a file…): never merged with texts."""
 
     text: str
     menu: tuple[MenuItem, ...] = ()
     menu_head: str = ""
     link: LinkCard | None = None
     miniprogram: MiniProgramCard | None = None
+    media: MediaAttachment | None = None
 
 
 @dataclass(frozen=True)

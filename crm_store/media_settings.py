@@ -55,6 +55,10 @@ class S3MediaSettings(BaseModel):
         return prefix
 
 
+LINK_TTL_S = 7 * 24 * 3600  # a link to a stored item (a rep's card, a forwarded photo) works this long
+LINK_SECRET_MIN = 16
+
+
 class MediaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +66,16 @@ class MediaSettings(BaseModel):
     directory: str = Field(default="var/media", min_length=1)  # local: relative to the working directory
     s3: S3MediaSettings = S3MediaSettings()
     max_bytes: MediaMaxBytes = MediaMaxBytes()
+    # Signs the expiring links to stored items (GET /media/{id}); empty: no links are made (logged at start-up).
+    link_secret: SecretStr = SecretStr("")
+    link_ttl_s: int = Field(default=LINK_TTL_S, ge=60, le=90 * 24 * 3600)
+
+    @field_validator("link_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < LINK_SECRET_MIN:
+            raise ValueError(f"must be at least {LINK_SECRET_MIN} characters (a random string)")
+        return value
 
     @model_validator(mode="after")
     def _s3_needs_a_bucket(self) -> MediaSettings:

@@ -322,5 +322,6 @@ from crm_store import allowances as _allowances  # noqa: E402,F401
 from crm_store import api_models as _api_models  # noqa: E402,F401
 from crm_store import growth_models as _growth_models  # noqa: E402,F401
 from crm_store import handoff_models as _handoff_models  # noqa: E402,F401
+from crm_store import media_items as _media_items  # noqa: E402,F401
 from crm_store import nurture_models as _nurture_models  # noqa: E402,F401
 from crm_store import webhook_models as _webhook_models  # noqa: E402,F401

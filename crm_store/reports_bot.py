@@ -1,12 +1,14 @@
-"""Read-only reports on what the bot and the team did: nurture and pushes, handoffs, flows, NLU.
+"""Read-only reports on what the bot and the team did: nurture and pushes, handoffs, flows, NLU, and
+the messages customers sent by kind.
 
 Same rules as crm_store.reports: a window (`since` inclusive, `until` exclusive, UTC), every
 count made by the database with GROUP BY. The bot's numbers come from two places: the
 conversations table (a row per flow run, with why it ended: "handoff" when a person took
 over) and the timeline's "inbound.message" events (data: text, intent, confidence,
-intent_source). The timeline has no index on kind or time, so the NLU and message counts
-are sequential passes over the window's events; no index is added for a report. Its data
-column is JSONB on PostgreSQL: reading a key does not parse the row's text again.
+intent_source, and `content`, the tagged part of a message that is not text). The timeline has
+no index on kind or time, so the NLU and message counts are sequential passes over the window's
+events; no index is added for a report. Its data column is JSONB on PostgreSQL: reading a key
+does not parse the row's text again.
 """
 
 from __future__ import annotations
@@ -262,3 +264,36 @@ async def nlu_report(session: AsyncSession, since: datetime | None, until: datet
         rate(low, parsed), dict(sorted(sources.items(), key=lambda item: (-item[1], item[0]))),
         [UnknownMessage(said, count) for said, count in unknown.tuples()],
     )
+
+
+# ---------------------------------------------------------------- inbound messages by kind
+
+
+@dataclass(frozen=True)
+class KindLine:
+    kind: str  # text | image | voice | video | file | location | link | miniprogram | … | other
+    messages: int
+    customers: int  # who sent at least one of this kind
+    share: float | None  # of the window's messages
+
+
+@dataclass(frozen=True)
+class MessagesReport:
+    messages: int  # customer messages received in the window (bots_report's `messages`)
+    by_kind: list[KindLine]  # most first
+
+
+async def messages_report(session: AsyncSession, since: datetime | None, until: datetime | None) -> MessagesReport:
+    """Inbound messages by the kind of what they carried, in one grouped pass over the window's messages.
+
+    The kind is the stored content part's tag (`data.content.type`, core.content); a message without one
+    is text. A part this version could not read is `other` (its platform type is on the timeline)."""
+    kind = func.coalesce(TimelineEvent.data[("content", "type")].as_string(), "text")
+    rows = await session.execute(
+        select(kind, func.count(), func.count(TimelineEvent.customer_id.distinct()))
+        .where(TimelineEvent.kind == MESSAGE, *window(TimelineEvent.created_at, since, until))
+        .group_by(kind))
+    counted = sorted(rows.tuples(), key=lambda row: (-row[1], row[0]))
+    total = sum(messages for _, messages, _ in counted)
+    return MessagesReport(total, [KindLine(name, messages, customers, rate(messages, total))
+                                  for name, messages, customers in counted])

@@ -21,6 +21,7 @@ The order of a turn's stages, written once:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from crm_store.growth_settings import GrowthSettings
@@ -30,6 +31,7 @@ from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.nurture_settings import NurtureSettings
 from flows import growth_hooks
 from flows.engine import FlowEngine
+from flows.faq_answers import FaqAnswerer
 from flows.growth import Growth
 from flows.handoff_desk import HandoffDesk
 from flows.hooks import Hooks
@@ -70,13 +72,16 @@ def assemble(
     handoff: HandoffSettings,
     nurture_settings: NurtureSettings,
     nlu: IntentParser,
+    media_link: Callable[[int], str] | None = None,
 ) -> Domain:
+    """`media_link`: a stored media item's id -> a signed link, for reps' cards (bot/media_links.py)."""
     lifecycle = Lifecycle(lifecycle_settings)
     growth = Growth(growth_settings, lifecycle)
     nurture = NurtureHooks(nurture_settings.timezone, growth_settings.purchase_stages)
     hooks = nurture.register(growth_hooks.register(Hooks(), growth))
-    desk = HandoffDesk(handoff, lifecycle)
-    engine = FlowEngine(flows, ReleaseCache(lifecycle_settings), Runner(hooks, flows.max_steps_per_turn, lifecycle))
+    desk = HandoffDesk(handoff, lifecycle, media_link)
+    engine = FlowEngine(flows, ReleaseCache(lifecycle_settings), Runner(hooks, flows.max_steps_per_turn, lifecycle),
+                        FaqAnswerer(flows, lifecycle))
     signals = SignalFollower(engine, growth, nurture)
     intent = IntentStage(nlu, engine)
     pipeline = Pipeline([

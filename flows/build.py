@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.events import MediaAttachment
 from core.templates import Template, parse_template
 from crm_store.lifecycle_settings import LifecycleSettings
+from flows.media_assets import MEDIA_KEYS, is_url
 from flows.model import (
     END,
     Action,
@@ -26,12 +28,14 @@ from flows.model import (
     End,
     EventTrigger,
     ExternalTrigger,
+    FaqTrigger,
     Flow,
     Goto,
     Handoff,
     IntentTrigger,
     Link,
     Marketing,
+    MediaTrigger,
     MenuChoice,
     MiniProgram,
     Say,
@@ -56,7 +60,8 @@ from flows.yaml_source import Node
 class Ref:
     """A name used at `line` that step 3 must find.
 
-    kind: step, flow, tag, stage, intent, action or field (of a template).
+    kind: step, flow, tag, stage, intent, action, faq (an entry of faq.yaml), field (of a template) or asset
+    (a say step's media file, `where` its kind).
     """
 
     kind: str
@@ -135,6 +140,7 @@ class _Builder:
             stage=tuple(self.stage(stage, "when") for stage in _nodes(node.get("stage"))),
             check=_text(node.get("check")),
             social_min=_value(node.get("social_min"), None),
+            content=tuple(dict.fromkeys(_many(node.get("content")))),
         )
 
     def choices(self, node: Node | None) -> tuple[MenuChoice, ...]:
@@ -242,21 +248,39 @@ def _build_step(b: _Builder, node: Node, step_id: str, next_id: str) -> Step:
 
 def _say(b: _Builder, node: Node, base: dict[str, Any]) -> Say:
     m = node.mapping
-    program = m.get("miniprogram")
     return Say(
         **base,
         text=b.template(m["say"], "say"),
         menu=b.choices(m.get("menu")),
-        links=tuple(
-            Link(_text(link.get("title")), _text(link.get("url")), _text(link.get("desc")))
-            for link in _items(m.get("links"))
-        ),
-        miniprogram=MiniProgram(
-            *(_text(program.get(key)) for key in ("appid", "pagepath", "title", "thumb_media_id"))
-        )
-        if program is not None
-        else None,
+        links=links_of(m.get("links")),
+        miniprogram=miniprogram_of(m.get("miniprogram")),
+        media=_media(b, m),
     )
+
+
+def _media(b: _Builder, m: dict[str, Node]) -> MediaAttachment | None:
+    """A say step's image:/file:/voice:/video:; a path is recorded for step 3 to look at the file."""
+    kind = next((key for key in MEDIA_KEYS if key in m), None)
+    if kind is None:
+        return None
+    source = m[kind].text
+    if not is_url(source):
+        b.ref("asset", m[kind], kind)
+    return MediaAttachment(kind, source)
+
+
+def links_of(node: Node | None) -> tuple[Link, ...]:
+    """The link cards of a `links:` list (a say step's, an FAQ entry's)."""
+    return tuple(
+        Link(_text(link.get("title")), _text(link.get("url")), _text(link.get("desc"))) for link in _items(node)
+    )
+
+
+def miniprogram_of(node: Node | None) -> MiniProgram | None:
+    """The card of a `miniprogram:` mapping, or None without one."""
+    if node is None:
+        return None
+    return MiniProgram(*(_text(node.get(key)) for key in ("appid", "pagepath", "title", "thumb_media_id")))
 
 
 def _ask(b: _Builder, node: Node, base: dict[str, Any]) -> Ask:
@@ -324,6 +348,10 @@ def _build_trigger(b: _Builder, node: Node) -> Trigger:
         return StageTrigger(b.stage(m["stage"], "trigger"), node.line)
     if "external" in m:
         return ExternalTrigger(m["external"].text, node.line)
+    if "faq" in m:
+        return FaqTrigger(b.ref("faq", m["faq"], "trigger"), node.line)
+    if "media" in m:
+        return MediaTrigger(tuple(dict.fromkeys(_many(m["media"]))), node.line)
     return TagTrigger(b.ref("tag", m["tag"], "trigger"), node.line)
 
 

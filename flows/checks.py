@@ -1,23 +1,29 @@
 """Step 3 of loading: what no single file can tell, each error naming the flow and the step.
 
 Names: steps of the flow, flows of the set, tags of the catalog, stages of the
-lifecycle, intents of the NLU domain (when known), actions, template fields.
+lifecycle, intents of the NLU domain (when known), actions, template fields, FAQ
+entries (faq.yaml; its own checks are in flows/faq.py), say steps' media files (when the
+directory is known: flows/media_assets.py).
 Shape of each flow: duplicate step ids, steps nothing leads to, loops that never
 wait for the customer (they would spin within one turn), steps from which the flow
-can never end. Across flows: duplicate ids, and flows that call themselves.
+can never end; a slot filled with two sorts of value (a photo's media reference and
+text), or a media reference shown to the customer. Across flows: duplicate ids, and
+flows that call themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from core.spelling import did_you_mean
 from crm_store.lifecycle_settings import LifecycleSettings
 from flows.build import Draft, Ref, stage_id
 from flows.errors import Reporter
 from flows.graph import call_cycles, check_steps, waiting_flows
-from flows.model import ACTION_OUTPUTS, ACTIONS, TEMPLATE_FIELDS, Action, Ask, Flow
+from flows.media_assets import asset_problem
+from flows.model import ACTION_OUTPUTS, ACTIONS, MEDIA_EXPECTS, TEMPLATE_FIELDS, Action, Ask, Flow
 
 _LISTED = 20
 
@@ -30,6 +36,8 @@ class Names:
     tags: frozenset[str] | None  # None: tags.yaml has errors, tags are not checked
     lifecycle: LifecycleSettings
     intents: frozenset[str] | None
+    faq: frozenset[str] | None = None  # entry ids of faq.yaml; None: it has errors, not checked
+    assets: Path | None = None  # the flow directory, whose media files say steps send; None: not looked at
 
 
 def listing(names: Iterable[str]) -> str:
@@ -80,6 +88,44 @@ def _check_flow(draft: Draft, names: Names, report: Reporter) -> None:
         problem = _problem(ref, names, step_ids, filled)
         if problem:
             report.at(step=ref.step).error(ref.line, problem)
+    _check_slot_sorts(draft, report)
+
+
+def _slot_sort(expect: str) -> str:
+    if expect == "location":
+        return "a location"
+    return "a media reference" if expect in MEDIA_EXPECTS else "text"
+
+
+def _check_slot_sorts(draft: Draft, report: Reporter) -> None:
+    """One slot, one sort of value: text, a location ("lat,lng label") or a media reference
+    ("media:kf:<media_id>", for the rep side). A slot one step fills with a photo and another with
+    words leaves a branch or a template guessing; a media reference means nothing to a customer."""
+    assert draft.flow is not None
+    first = {slot: ("text", "the flow's slots: (NLU entities)") for slot in draft.declared_slots}
+    for step in draft.flow.steps:
+        if isinstance(step, Ask) and step.slot:
+            fills = [(step.slot, _slot_sort(step.expect), f"step {step.id} (expect: {step.expect})")]
+        elif isinstance(step, Action):
+            fills = [(slot, "text", f"action {step.name}") for slot in ACTION_OUTPUTS.get(step.name, ())]
+        else:
+            continue
+        for slot, sort, where in fills:
+            earlier_sort, earlier_where = first.setdefault(slot, (sort, where))
+            if earlier_sort != sort:
+                report.at(step=step.id).error(
+                    step.line,
+                    f"slot '{slot}' gets {sort} here but {earlier_sort} from {earlier_where}: "
+                    "a slot holds one sort of value; give one of them another slot name",
+                )
+    media = {slot for slot, (sort, _) in first.items() if sort == "a media reference"}
+    for ref in draft.refs:
+        if ref.kind == "field" and ref.name.removeprefix("slots.") in media and ref.name.startswith("slots."):
+            report.at(step=ref.step).error(
+                ref.line,
+                f"template field {ref.name} in {ref.where} is a media reference (media:<channel>:<id>), "
+                "which means nothing to the customer: say that the photo or file was received instead",
+            )
 
 
 def _unique_steps(flow: Flow, report: Reporter) -> bool:
@@ -100,9 +146,14 @@ def _check_rules(rules: Draft, names: Names, report: Reporter) -> None:
             report.error(rule.line, f"rule {rule.id}: duplicate rule id (first at line {first[rule.id]})")
         first.setdefault(rule.id, rule.line)
     for ref in rules.refs:
-        problem = _problem(ref, names, [], set())
+        problem = name_problem(ref, names)
         if problem:
             report.error(ref.line, f"rule {ref.step}: {problem}")
+
+
+def name_problem(ref: Ref, names: Names) -> str | None:
+    """What is wrong with a name used outside a flow (rules.yaml, faq.yaml): tags, stages, intents, or None."""
+    return _problem(ref, names, [], set())
 
 
 def _problem(ref: Ref, names: Names, step_ids: list[str], filled: set[str]) -> str | None:
@@ -134,8 +185,16 @@ def _problem(ref: Ref, names: Names, step_ids: list[str], filled: set[str]) -> s
         return (
             f"unknown action '{name}'{did_you_mean(name, sorted(ACTIONS))}; actions are: {listing(ACTIONS)}"
         )
+    if ref.kind == "faq" and names.faq is not None and name not in names.faq:
+        known = f"faq.yaml has: {listing(names.faq)}" if names.faq else "there is no faq.yaml entry at all"
+        return (
+            f"unknown FAQ entry '{name}' in {where}{did_you_mean(name, sorted(names.faq))}; {known}: "
+            "add the entry to faq.yaml, or name one it has"
+        )
     if ref.kind == "field":
         return _field_problem(name, where, filled)
+    if ref.kind == "asset" and names.assets is not None:
+        return asset_problem(names.assets, name, where)
     return None
 
 

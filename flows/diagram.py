@@ -86,7 +86,8 @@ def condition(when: Condition) -> str:
     parts = [f"intent {'/'.join(when.intent)}" if when.intent else "",
              (f"{when.slot}={when.equals}" if when.equals is not None else f"{when.slot} filled") if when.slot else "",
              f"tag {when.tag}" if when.tag else "", f"no tag {when.not_tag}" if when.not_tag else "",
-             f"stage {'/'.join(when.stage)}" if when.stage else "", when.check]
+             f"stage {'/'.join(when.stage)}" if when.stage else "",
+             f"content {'/'.join(when.content)}" if when.content else "", when.check]
     return ", ".join(part for part in parts if part) or "always"
 
 

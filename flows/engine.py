@@ -1,7 +1,9 @@
 """The flow engine: runs the published flows for one turn, and nothing else.
 
+    a kf button of an FAQ offer → that FAQ entry's answer;
     the running conversation (resume it, or let a stronger trigger interrupt it) →
-    or the flow a trigger (or an arrival's channel) starts → or the fallback flow;
+    or the flow a trigger (or an arrival's channel) starts → or the FAQ (flows/faq_answers.py)
+    → or the fallback flow (and `turn.unanswered` on the timeline: what the FAQ could learn);
     a waiting conversation's timer → the step after the wait.
 
 Everything happens in the turn's transaction: the conversation row and what the steps
@@ -17,10 +19,12 @@ import logging
 
 from core import metrics
 from crm_store.conversations import end_conversation
+from crm_store.faq_queries import TURN_UNANSWERED
 from crm_store.models import Conversation, as_utc, utcnow
 from flows.answers import is_typed_answer
+from flows.faq_answers import FaqAnswerer
 from flows.matching import CERTAIN, Match, match_event, match_message
-from flows.model import Ask, Flow, FlowSet, Say
+from flows.model import Ask, FaqTrigger, Flow, FlowSet, Say
 from flows.releases import ReleaseCache
 from flows.runner import Position, Runner, Stop, own_timer
 from flows.settings import FlowSettings
@@ -30,16 +34,20 @@ log = logging.getLogger("scrm.flows")
 
 
 class FlowEngine:
-    def __init__(self, settings: FlowSettings, releases: ReleaseCache, runner: Runner) -> None:
+    def __init__(self, settings: FlowSettings, releases: ReleaseCache, runner: Runner, faq: FaqAnswerer) -> None:
         self.settings = settings
         self.releases = releases
         self.runner = runner
+        self.faq = faq
 
     async def run(self, turn: Turn, release: Release) -> None:
-        """A message or an entry event: resume, interrupt, start or fall back."""
+        """A message or an entry event: resume, interrupt, start, answer from the FAQ or fall back."""
         event, flows = turn.event, release.flows
         is_message = turn.is_message
-        match = match_message(flows, event.text, event.menu_id, turn.intent) if is_message else match_event(flows, event)
+        if is_message and await self.faq.chosen(turn, flows.faq):
+            return
+        match = (match_message(flows, event.text, event.menu_id, turn.intent, event.content_kind) if is_message
+                 else match_event(flows, event))
         if turn.requested_flow and turn.requested_flow in flows.flows:  # an entry channel names its welcome flow
             match = Match(flows.flows[turn.requested_flow], None, CERTAIN)
         conversation = turn.conversation
@@ -59,10 +67,13 @@ class FlowEngine:
                 self.end(turn, conversation, "not_answered")
             else:
                 return  # an entry event while a flow runs: the flow carries on
+        if is_message and self._faq_may_answer(match) and await self.faq.take(turn, flows.faq, unsure=match is None):
+            return
         if match is None and is_message:
             fallback = flows.flows.get(self.settings.fallback_flow)
             match = Match(fallback, None, 0.0) if fallback else None
             turn.fell_back = match is not None
+            turn.note(TURN_UNANSWERED, text=event.text[:200])
         if match is not None:
             await self.start(turn, match, release)
 
@@ -119,6 +130,13 @@ class FlowEngine:
             return False
         await self._save(turn, conversation, pos, stop)
         return True
+
+    def _faq_may_answer(self, match: Match | None) -> bool:
+        """The FAQ answers what no flow wants, and what a weaker flow wants (flows.faq_priority: the FAQ is a
+        better answer than a generic flow, a complaint or a person is not); never an entry a flow took over."""
+        if match is None:
+            return True
+        return not isinstance(match.trigger, FaqTrigger) and match.flow.priority < self.settings.faq_priority
 
     def _interrupts(self, turn: Turn, conversation: Conversation, flows: FlowSet, candidate: Flow) -> bool:
         """Does `candidate`'s trigger stop the running flow? A stronger flow may; so may any flow when

@@ -10,13 +10,14 @@ customer's messages, the rep's card, the kf session moves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.events import LEAVING, KfState, Notify, Reply, SideEffect, ToRep
-from crm_store import handoffs
+from crm_store import handoffs, media_items
 from crm_store.conversations import active_conversation, end_conversation
 from crm_store.customers import record
 from crm_store.handoff_models import Handoff, Rep
@@ -38,11 +39,16 @@ class DeskError(ValueError):
     """A rep or admin action that cannot be done, said so the person knows what to do."""
 
 
+MEDIA_LABELS = {"image": "图片", "voice": "语音", "video": "视频", "file": "文件"}
+
+
 class HandoffDesk:
-    def __init__(self, settings: HandoffSettings, lifecycle: Lifecycle) -> None:
+    def __init__(self, settings: HandoffSettings, lifecycle: Lifecycle,
+                 media_link: Callable[[int], str] | None = None) -> None:
         self.settings = settings
         self.lifecycle = lifecycle
         self.zone = ZoneInfo(settings.timezone)
+        self.media_link = media_link  # a stored media item's id -> a signed link for the rep ("": none can be made)
 
     # ------------------------------------------------------------ in the customer's turn
 
@@ -161,13 +167,26 @@ class HandoffDesk:
                      escalated_from: str = "") -> list[SideEffect]:
         """The rep's card, and in kf the session moved to them (WeCom shows it in their workspace)."""
         assert handoff.rep_userid is not None
-        effects: list[SideEffect] = [await self.card(session, handoff, customer, texts, escalated_from)]
+        media = await self._latest_media(session, customer.id)
+        effects: list[SideEffect] = [await self.card(session, handoff, customer, texts, escalated_from, media)]
+        if media is not None and self.settings.card_url:  # the card's own link is the customer's page: one more
+            effects.append(ToRep(handoff.rep_userid, f'客户最近发来的{media[0]}：<a href="{media[1]}">查看</a>'))
         if handoff.kf_account and handoff.kf_customer:
             effects.append(KfState(customer.id, handoff.kf_account, handoff.kf_customer, 3, handoff.rep_userid))
         return effects
 
+    async def _latest_media(self, session: AsyncSession, customer_id: int) -> tuple[str, str] | None:
+        """What the customer last sent that is kept, and a link to it: (label, url); None without one."""
+        item = None if self.media_link is None else await media_items.latest_stored(session, customer_id)
+        url = self.media_link(item.id) if item is not None and self.media_link is not None else ""
+        if item is None or not url:
+            return None
+        return MEDIA_LABELS.get(item.kind, "文件") + (f"「{item.filename[:40]}」" if item.filename else ""), url
+
     async def card(self, session: AsyncSession, handoff: Handoff, customer: Customer, texts: list[str],
-                   escalated_from: str = "") -> ToRep:
+                   escalated_from: str = "", media: tuple[str, str] | None = None) -> ToRep:
+        """The textcard; with `media` (the latest kept item: label, link) a line names it and, unless handoff.card_url
+        gives the card a link of its own, the card opens it."""
         assert handoff.rep_userid is not None
         tags = await tags_of(session, customer.id)
         stats = await stats_of(session, customer.id)
@@ -182,9 +201,13 @@ class HandoffDesk:
         ]
         if handoff.intent:
             lines.append(f'<div class="normal">意图：{handoff.intent}</div>')
+        if media is not None:
+            where = "见下条消息" if self.settings.card_url else "点「详情」查看"
+            lines.append(f'<div class="normal">最近发来：{media[0]}（{where}）</div>')
         lines.extend(f'<div class="highlight">「{text[:60]}」</div>' for text in texts)
         lines.append(f"回复「接 {customer.id}」接待，「放 {customer.id}」交还机器人")
         url = self.settings.card_url.format(customer_id=customer.id) if self.settings.card_url else ""
+        url = url or (media[1] if media is not None else "")
         return ToRep(handoff.rep_userid, "\n".join(lines), title=f"转人工：{name}（{self.lifecycle.label(customer.stage)}）",
                      url=url)
 

@@ -1,8 +1,10 @@
 """Flows as data: YAML files → a checked FlowSet, or every error at once.
 
 A flow directory holds one flow per `*.yaml`/`*.yml` file, plus `tags.yaml` (the tag
-catalog: `groups: {意向: [高意向, 低意向]}`, each tag in one group) and `rules.yaml`
-(`rules: [{id: price_thrice, when: {intent: ask_price, count: 3}, tag: 高意向, set_stage: interested}]`).
+catalog: `groups: {意向: [高意向, 低意向]}`, each tag in one group), `rules.yaml`
+(`rules: [{id: price_thrice, when: {intent: ask_price, count: 3}, tag: 高意向, set_stage: interested}]`)
+and `faq.yaml` (the FAQ: `faq: [{id, title, questions: [...], answer, ...}]`; its format is in
+flows/faq_model.py, its checks in flows/faq.py). All of them are published together as one release.
 
     flow: price_question            # id: [a-z][a-z0-9_]*, unique across files
     description: 询价
@@ -10,25 +12,33 @@ catalog: `groups: {意向: [高意向, 低意向]}`, each tag in one group) and 
     interruptible: true
     timeout: 30m                    # inactivity: seconds, or 90s 30m 2h 1d (default 30m)
     slots: [product]                # slots NLU entities fill when the flow starts
-    triggers:                       # one kind each: intent keywords regex event stage tag
+    triggers:                       # one kind each: intent keywords regex event stage tag external faq media
       - {intent: ask_price, min_confidence: 0.7}
       - keywords: [多少钱, 价格]      # compared in normal form (NFKC, case-folded, no spaces)
       - regex: "报价|价目表"          # RE2: linear time, no backreferences or lookaround
       - {event: enter_session, channel: kf, code: "inv_"}   # code: prefix of the entry code
       - stage: 意向                 # entering a stage (id or label); or tag: 高意向 (tag added)
       - external: order_shipped     # another system's event (POST /api/v1/events); its data fill declared slots
+      # - faq: delivery_time        # an entry of faq.yaml: this flow answers it instead of the FAQ's answer
+      - media: [image, video]       # a message carrying one of these and no words: image voice video file location
+                                    # link miniprogram card channels merged, or any (a transcribed voice note is text)
     steps:                          # id optional ("step<N>", 1-based); next: defaults to the following step
       - id: ask_product
         ask: 您想了解哪款商品？         # expect: text|phone|number|email|intent (+ intents: [...])
-                                    #         |choice (+ choices: [{id, text, goto}])
+                                    #   |choice (+ choices: [{id, text, goto}])
+                                    #   |image|voice|video|file|media (any of those: the slot holds the reference
+                                    #    media:<channel>:<media_id>)|location (the slot holds "lat,lng label")
         slot: product
         retries: 2                  # 0..5; reprompt: defaults to the prompt
         on_fail: human              # default: end of flow; timeout: 10m + on_timeout: step
       - say: "{{ slots.product }} 现在 99 元，{{ customer.name }}"
         menu: [{id: buy, text: 我要买, goto: hot}]
         links: [{title: 详情, url: "https://example.com/p"}]   # also miniprogram: {appid, pagepath, title}
+      - say: 这是我们的新品
+        image: assets/new.png       # or file: / voice: (.amr) / video: (.mp4): a file here, or an https URL
       - id: decide
-        branch:                     # when: intent, slot (+ equals), tag, not_tag, stage, check, social_min
+        branch:                     # when: intent, slot (+ equals), tag, not_tag, stage, check, social_min,
+                                    #   content (the message's kind: text, image, location… or any, as media:)
           - {when: {intent: [affirm]}, goto: hot}
           - else: bye               # default: next
       - {id: hot, tag: [高意向], untag: 低意向}
@@ -48,6 +58,7 @@ Loading takes three steps, and reports every error of every file before giving u
    unknown keys with "did you mean", each error with its file and line;
 2. typed objects (flows/build.py): the frozen dataclasses of flows/model.py;
 3. semantic checks (flows/checks.py, flows/graph.py): names, reachability, loops, calls.
+faq.yaml goes through the same three steps (flows/faq.py), its errors reported with the flows'.
 """
 
 from __future__ import annotations
@@ -60,11 +71,14 @@ from crm_store.lifecycle_settings import LifecycleSettings
 from flows.build import build_catalog, build_flow, build_rules
 from flows.checks import Names, check_all
 from flows.errors import FlowError, FlowLoadError, Reporter
+from flows.faq import build_faq, check_faq, check_faq_file
+from flows.faq_model import FAQ_FILE, FaqBook
 from flows.model import FlowSet
 from flows.schema import check_file
 from flows.yaml_source import MAX_BYTES, Node, human_size, parse_yaml
 
 __all__ = [
+    "FAQ_FILE",
     "FlowError",
     "FlowLoadError",
     "intents_of_domain",
@@ -81,9 +95,13 @@ _SUFFIXES = (".yaml", ".yml")
 
 
 def load_sources(
-    sources: dict[str, str], lifecycle: LifecycleSettings, known_intents: frozenset[str] | None = None
+    sources: dict[str, str], lifecycle: LifecycleSettings, known_intents: frozenset[str] | None = None,
+    assets: Path | None = None,
 ) -> FlowSet:
-    """The FlowSet of `sources` (file name -> YAML text), or FlowLoadError with every error found."""
+    """The FlowSet of `sources` (file name -> YAML text), or FlowLoadError with every error found.
+
+    `assets`: the flow directory, where the files say steps send (image: assets/logo.png) are looked
+    at; without it (a release read back from the store) only their paths are checked."""
     errors: list[FlowError] = []
     reporters = {name: Reporter(name, errors) for name in sources}
     trees, failed_ids = _schema_step(sources, reporters)  # step 1
@@ -91,14 +109,21 @@ def load_sources(
     catalog = build_catalog(trees.pop(TAGS_FILE, None))
     rules_tree = trees.pop(RULES_FILE, None)
     rules = build_rules(RULES_FILE, rules_tree, lifecycle) if rules_tree is not None else None
+    faq_tree = trees.pop(FAQ_FILE, None)
+    faq = build_faq(faq_tree, lifecycle) if faq_tree is not None else FaqBook()
     drafts = [build_flow(name, tree, lifecycle) for name, tree in sorted(trees.items())]
-    # Step 3.
+    # Step 3. A FAQ that failed step 1 is not used to judge faq triggers either.
     flows = {draft.flow.id: draft.flow for draft in drafts if draft.flow is not None}
     tags = None if TAGS_FILE in failed_ids else catalog.tags
-    check_all(drafts, rules, Names(frozenset(flows) | failed_ids, tags, lifecycle, known_intents), reporters)
+    faq_ids = None if FAQ_FILE in failed_ids else frozenset(faq.entries)
+    names = Names(frozenset(flows) | failed_ids, tags, lifecycle, known_intents, faq_ids, assets)
+    check_all(drafts, rules, names, reporters)
+    if faq_tree is not None:
+        check_faq(faq_tree, names, reporters[FAQ_FILE])
     if errors:
         raise FlowLoadError(errors)
-    return FlowSet(flows=flows, tags=catalog, rules=rules.rules if rules else (), sources=dict(sources))
+    rule_set = rules.rules if rules else ()
+    return FlowSet(flows=flows, tags=catalog, rules=rule_set, faq=faq, sources=dict(sources))
 
 
 def _schema_step(sources: dict[str, str], reporters: dict[str, Reporter]) -> tuple[dict[str, Node], set[str]]:
@@ -113,7 +138,7 @@ def _schema_step(sources: dict[str, str], reporters: dict[str, Reporter]) -> tup
             continue
         tree = parse_yaml(text, report)
         if tree is not None:
-            check_file(name, tree, report)
+            check_faq_file(tree, report) if name == FAQ_FILE else check_file(name, tree, report)
         if report.count == before and tree is not None:
             trees[name] = tree
         else:
@@ -161,8 +186,8 @@ def read_paths(paths: list[Path], base: dict[str, str]) -> dict[str, str]:
 def load_directory(
     path: Path, lifecycle: LifecycleSettings, known_intents: frozenset[str] | None = None
 ) -> FlowSet:
-    """`read_directory` then `load_sources`."""
-    return load_sources(read_directory(path), lifecycle, known_intents)
+    """`read_directory` then `load_sources`, the directory's media files looked at too."""
+    return load_sources(read_directory(path), lifecycle, known_intents, path)
 
 
 def intents_of_domain(domain_yml: Path) -> frozenset[str]:

@@ -2,7 +2,8 @@
 
 When several flows match, the flow with the highest priority wins; among equals, the
 more certain match (a menu click or keyword over an intent's confidence), then the
-flow listed first. Regular expressions are the loader's bounded patterns: customer
+flow listed first. A media trigger takes a message by its content kind (core/content.py) only
+when it has no words: a transcribed OA voice note is matched as the text it says. Regular expressions are the loader's bounded patterns: customer
 text cannot make one run away.
 """
 
@@ -12,16 +13,20 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from flows.faq_model import RETRIEVAL_INTENT
 from flows.model import (
     EventTrigger,
     ExternalTrigger,
+    FaqTrigger,
     Flow,
     FlowSet,
     IntentTrigger,
+    MediaTrigger,
     StageTrigger,
     TagTrigger,
     TextTrigger,
     Trigger,
+    content_named,
 )
 from flows.patterns import compile_pattern
 from nlu.text import cache_form, clean
@@ -52,6 +57,10 @@ class Match:
             return f"event:{trigger.event}"
         if isinstance(trigger, ExternalTrigger):
             return f"external:{trigger.name}"
+        if isinstance(trigger, FaqTrigger):
+            return f"faq:{trigger.entry}"
+        if isinstance(trigger, MediaTrigger):
+            return f"media:{','.join(trigger.kinds)}"
         return f"stage:{trigger.stage}" if isinstance(trigger, StageTrigger) else f"tag:{trigger.tag}"
 
 
@@ -67,8 +76,9 @@ def _best(candidates: list[Match]) -> Match | None:
     return max(candidates, key=lambda m: (m.flow.priority, m.certainty, -order[id(m.flow)]))
 
 
-def match_message(flows: FlowSet, text: str, menu_id: str, intent: Intent | None) -> Match | None:
-    """The flow a customer message starts, if any."""
+def match_message(flows: FlowSet, text: str, menu_id: str, intent: Intent | None,
+                  content_kind: str = "text") -> Match | None:
+    """The flow a customer message starts, if any; `content_kind` is the event's ("text", "image"…)."""
     if menu_id and menu_id in flows.flows:
         return Match(flows.flows[menu_id], None, CERTAIN)
     cleaned = clean(text, MAX_TEXT)
@@ -76,14 +86,22 @@ def match_message(flows: FlowSet, text: str, menu_id: str, intent: Intent | None
     candidates: list[Match] = []
     for flow in flows.flows.values():
         for trigger in flow.triggers:
-            certainty = _message_certainty(trigger, cleaned, normalised, intent)
+            certainty = _message_certainty(trigger, cleaned, normalised, intent, content_kind)
             if certainty is not None:
                 candidates.append(Match(flow, trigger, certainty))
                 break
     return _best(candidates)
 
 
-def _message_certainty(trigger: Trigger, cleaned: str, normalised: str, intent: Intent | None) -> float | None:
+def _message_certainty(trigger: Trigger, cleaned: str, normalised: str, intent: Intent | None,
+                       content_kind: str) -> float | None:
+    if isinstance(trigger, MediaTrigger):  # words win: a message that says something is read as text
+        return CERTAIN if not cleaned and content_kind != "text" and content_named(trigger.kinds, content_kind) else None
+    if isinstance(trigger, FaqTrigger):  # the flow takes over the FAQ entry the model picked
+        faq = intent.faq if intent is not None else None
+        if intent is not None and intent.name == RETRIEVAL_INTENT and faq is not None and faq.entry == trigger.entry:
+            return faq.confidence
+        return None
     if isinstance(trigger, IntentTrigger):
         if intent is not None and intent.name == trigger.intent and intent.confidence >= trigger.min_confidence:
             return intent.confidence

@@ -5,6 +5,7 @@ step that follows it (`next`, resolved by the loader: END when the flow is over)
 its source line, so the engine and the CLI can point admins at the YAML.
 
     Flow ─ triggers: IntentTrigger | TextTrigger | EventTrigger | StageTrigger | TagTrigger
+                     | ExternalTrigger | FaqTrigger | MediaTrigger
          └ steps:    Say | Ask | Branch | TagStep | SetStage | Goto | Call | Wait
                      | Handoff | Marketing | Action | End
 """
@@ -12,10 +13,12 @@ its source line, so the engine and the CLI can point admins at the YAML.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-from core.events import LinkCard, MiniProgramCard
+from core.content import MEDIA_KINDS, ContentKind
+from core.events import LinkCard, MediaAttachment, MiniProgramCard
 from core.templates import Template
+from flows.faq_model import FaqBook
 
 END = ""  # `next` of the last step: the flow (or sub-flow) is finished
 
@@ -37,7 +40,33 @@ ACTION_OUTPUTS: dict[str, tuple[str, ...]] = {
     "sequence.stop": (),
 }
 ACTIONS = frozenset(ACTION_OUTPUTS)
-EXPECTS = frozenset({"text", "intent", "choice", "phone", "number", "email"})
+# What a `media:` trigger names → the content kinds (core/content.py) it takes. The flow words are
+# short and few: `card` is WeChat's business_card, `channels` any 视频号 post, product or order.
+CONTENT_NAMES: dict[str, frozenset[str]] = {
+    "image": frozenset({"image"}),
+    "voice": frozenset({"voice"}),
+    "video": frozenset({"video"}),
+    "file": frozenset({"file"}),
+    "location": frozenset({"location"}),
+    "link": frozenset({"link"}),
+    "miniprogram": frozenset({"miniprogram"}),
+    "card": frozenset({"business_card"}),
+    "channels": frozenset({"channels", "channels_shop_product", "channels_shop_order"}),
+    "merged": frozenset({"merged_msg"}),
+    "any": frozenset(get_args(ContentKind)),  # whatever is not text, an unreadable part ("other") included
+}
+# A branch's `content:` may also ask for a plain text message.
+CONDITION_CONTENT: dict[str, frozenset[str]] = {**CONTENT_NAMES, "text": frozenset({"text"})}
+# Asks whose answer is a content part, not words → the content kinds each accepts.
+MEDIA_EXPECTS: dict[str, frozenset[str]] = {
+    "image": frozenset({"image"}),
+    "voice": frozenset({"voice"}),
+    "video": frozenset({"video"}),
+    "file": frozenset({"file"}),
+    "location": frozenset({"location"}),
+    "media": MEDIA_KINDS,  # a photo, voice note, video or file
+}
+EXPECTS = frozenset({"text", "intent", "choice", "phone", "number", "email", *MEDIA_EXPECTS})
 # Fields a template may show besides `slots.<name>`.
 TEMPLATE_FIELDS = frozenset(
     {"customer.name", "customer.stage", "customer.stage_label", "customer.id", "event.code", "intent.name"}
@@ -93,7 +122,36 @@ class ExternalTrigger:
     line: int = 0
 
 
-Trigger = IntentTrigger | TextTrigger | EventTrigger | StageTrigger | TagTrigger | ExternalTrigger
+@dataclass(frozen=True)
+class FaqTrigger:
+    """The flow takes over an FAQ entry (faq.yaml): a message the FAQ would answer with it starts the flow."""
+
+    entry: str
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class MediaTrigger:
+    """A message that carries a photo, a voice note, a location… and no words; `kinds` are CONTENT_NAMES.
+
+    A message with words is read as text, even when it carries a part too (an OA voice note WeChat
+    transcribed): its words go to the NLU and the text triggers, so `voice` takes only the voice notes
+    nobody could read."""
+
+    kinds: tuple[str, ...]
+    line: int = 0
+
+
+Trigger = (
+    IntentTrigger | TextTrigger | EventTrigger | StageTrigger | TagTrigger | ExternalTrigger | FaqTrigger | MediaTrigger
+)
+
+
+def content_named(names: tuple[str, ...], content_kind: str) -> bool:
+    """Does a message of `content_kind` ("text", "image", "business_card"…) fit one of the flow words `names`
+    (a media trigger's kinds, a condition's content)?"""
+    return any(content_kind in CONDITION_CONTENT.get(name, ()) for name in names)
+
 
 # ---------------------------------------------------------------- steps
 
@@ -124,6 +182,7 @@ class Condition:
     stage: tuple[str, ...] = ()
     check: str = ""  # a predicate provided by a hook, e.g. group_buy.code_given
     social_min: float | None = None  # social value at least this (what the customer's friends brought)
+    content: tuple[str, ...] = ()  # the turn's message is one of these (CONDITION_CONTENT: image, text, any…)
 
 
 @dataclass(frozen=True)
@@ -146,6 +205,7 @@ class Say(Step):
     menu: tuple[MenuChoice, ...] = ()
     links: tuple[Link, ...] = ()
     miniprogram: MiniProgram | None = None
+    media: MediaAttachment | None = None  # image:/file:/voice:/video:, sent as its own message after the text
 
 
 @dataclass(frozen=True)
@@ -288,11 +348,12 @@ class TagRule:
 
 @dataclass(frozen=True)
 class FlowSet:
-    """Everything one release publishes: the flows, the tag catalog and the rules."""
+    """Everything one release publishes: the flows, the tag catalog, the rules and the FAQ."""
 
     flows: dict[str, Flow]
     tags: TagCatalog = TagCatalog()
     rules: tuple[TagRule, ...] = ()
+    faq: FaqBook = FaqBook()
     sources: dict[str, str] = field(default_factory=dict)  # file name -> YAML text, as published
 
     def __hash__(self) -> int:

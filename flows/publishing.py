@@ -28,9 +28,11 @@ def known_intents(nlu: NluSettings) -> frozenset[str]:
     return intents_of_domain(nlu.project_path() / "domain.yml") | {"nlu_fallback"}
 
 
-def validate(sources: dict[str, str], lifecycle: LifecycleSettings, nlu: NluSettings) -> FlowSet:
-    """The flows of `sources`, checked against the lifecycle and the NLU's intents (FlowLoadError)."""
-    return load_sources(sources, lifecycle, known_intents(nlu))
+def validate(sources: dict[str, str], lifecycle: LifecycleSettings, nlu: NluSettings,
+             assets: Path | None = None) -> FlowSet:
+    """The flows of `sources`, checked against the lifecycle and the NLU's intents (FlowLoadError); with
+    `assets` (the configured flow directory: the sender reads say steps' media files from it), those files too."""
+    return load_sources(sources, lifecycle, known_intents(nlu), assets)
 
 
 async def publish_flows(session: AsyncSession, flows: FlowSet, note: str = "", by: str = "") -> Published:
@@ -48,7 +50,7 @@ async def publish_if_unpublished(
         if await current_release_id(session) is not None:
             return None
     try:
-        flow_set = validate(read_directory(Path(flows.directory)), lifecycle, nlu)
+        flow_set = validate(read_directory(Path(flows.directory)), lifecycle, nlu, Path(flows.directory))
     except FlowLoadError as exc:
         log.error("flows.publish_failed directory=%s\n%s", flows.directory, exc)
         return None

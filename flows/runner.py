@@ -18,10 +18,11 @@ from core.templates import Template, render
 from crm_store import lifecycle as stages
 from crm_store import social, tags
 from crm_store.models import utcnow
-from flows.answers import answer_to
+from flows.answers import Answer, answer_to
 from flows.hooks import Hooks
 from flows.model import (
     END,
+    MEDIA_EXPECTS,
     Action,
     Ask,
     Branch,
@@ -38,6 +39,7 @@ from flows.model import (
     Step,
     TagStep,
     Wait,
+    content_named,
 )
 from flows.turn import Turn
 
@@ -118,15 +120,18 @@ class Runner:
         return await self._answer(step, pos, turn)
 
     def takes_answer(self, pos: Position, turn: Turn) -> bool:
-        """Would the waiting step accept this message as a typed answer (a choice, a phone number…)?"""
+        """Would the waiting step keep this message: a typed answer (a choice, a phone number, a photo for a
+        photo ask), or a message without words at a step that asks for words? The step asks that again
+        (a voice note at "your phone number?" is re-prompted), so a weaker media flow ("收到了") does not
+        take away the customer's place in the conversation."""
         step = pos.flow.step(pos.step_id)
         if isinstance(step, Say):
             step = Ask(id=step.id, expect="choice", choices=step.menu)
+        if isinstance(step, Ask) and step.expect not in MEDIA_EXPECTS and _wordless(turn):
+            return True
         if not isinstance(step, Ask) or step.expect == "text":
             return isinstance(step, Wait) and step.reply
-        intent = turn.intent
-        return answer_to(step, turn.event.text, turn.event.menu_id, intent.name if intent else "",
-                         intent.confidence if intent else 0.0) is not None
+        return _answer_of(step, turn) is not None
 
     async def wake(self, pos: Position, turn: Turn) -> Stop:
         """The waiting step's own timer fired (a wait, an ask's timeout), or the flow's inactivity timeout."""
@@ -191,6 +196,8 @@ class Runner:
 
     def _say(self, step: Say, pos: Position, turn: Turn) -> str | Stop:
         turn.reply(self._render(step.text, pos, turn), step.menu)
+        if step.media is not None:  # a message of its own, after the text
+            turn.effects.append(Reply("", media=step.media))
         for link in step.links:
             turn.effects.append(Reply(link.title, link=link))
         if step.miniprogram is not None:
@@ -201,8 +208,7 @@ class Runner:
 
     async def _answer(self, step: Ask, pos: Position, turn: Turn) -> Stop:
         intent = turn.intent
-        answer = answer_to(step, turn.event.text, turn.event.menu_id, intent.name if intent else "",
-                           intent.confidence if intent else 0.0)
+        answer = _answer_of(step, turn)
         if answer is not None:
             if step.slot:
                 entity = intent.entity(step.slot) if intent and step.expect == "text" else None
@@ -231,6 +237,8 @@ class Runner:
         if when.not_tag and await tags.has_tag(turn.session, customer_id, when.not_tag):
             return False
         if when.stage and turn.customer.stage not in when.stage:
+            return False
+        if when.content and not (turn.is_message and content_named(when.content, turn.event.content_kind)):
             return False
         if when.social_min is not None:
             stats = await social.stats_of(turn.session, customer_id)
@@ -289,6 +297,19 @@ class Runner:
         }
         values.update({f"slots.{name}": value for name, value in pos.slots.items()})
         return render(template, values)
+
+
+def _answer_of(step: Ask, turn: Turn) -> Answer | None:
+    """What `step` accepts in the turn's message (its text, button, intent, or content part), or None."""
+    event, intent = turn.event, turn.intent
+    return answer_to(step, event.text, event.menu_id, intent.name if intent else "",
+                     intent.confidence if intent else 0.0, event.content, event.channel)
+
+
+def _wordless(turn: Turn) -> bool:
+    """A customer message with a part (photo, voice note…) and no words nor button."""
+    event = turn.event
+    return turn.is_message and event.content is not None and not event.text.strip() and not event.menu_id
 
 
 def own_timer(step: Step) -> float:

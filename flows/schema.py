@@ -1,5 +1,7 @@
 """Step 1 of loading: the shape of a flow file, tags.yaml and rules.yaml, checked with line numbers.
 
+faq.yaml's shape is in flows/faq.py, built from the parts defined here (LINK, MINIPROGRAM, TAG, ...).
+
 Names that depend on other files or settings (steps, flows, tags, stages, intents,
 actions, template fields) are only checked for shape here; step 3 resolves them.
 """
@@ -10,7 +12,8 @@ from dataclasses import dataclass
 
 from core.templates import TemplateError, parse_template
 from flows.errors import Reporter
-from flows.model import ENTRY_EVENTS, EXPECTS
+from flows.media_assets import MEDIA_KEYS, source_problem
+from flows.model import CONDITION_CONTENT, CONTENT_NAMES, ENTRY_EVENTS, EXPECTS
 from flows.patterns import PatternError, compile_pattern, normalise
 from flows.spec import (
     AnyValue,
@@ -33,6 +36,7 @@ from flows.spec import (
 from flows.yaml_source import Node
 
 ID_PATTERN = r"[a-z][a-z0-9_]{0,63}"
+FAQ_ID_PATTERN = r"[a-z][a-z0-9_]{0,39}"  # shorter: it becomes Rasa's retrieval intent `faq/<id>`
 _ID_WHAT = "an id (lowercase letters, digits and _, starting with a letter)"
 
 
@@ -60,6 +64,7 @@ ID = Text(what=_ID_WHAT, pattern=ID_PATTERN)
 STEP_REF = Text(what=f"a step id ({_ID_WHAT[6:]}", pattern=ID_PATTERN)
 FLOW_REF = Text(what=f"a flow id ({_ID_WHAT[6:]}", pattern=ID_PATTERN)
 SLOT = Text(what=f"a slot name ({_ID_WHAT[6:]}", pattern=ID_PATTERN)
+FAQ_ID = Text(what=f"an FAQ entry id {_ID_WHAT[6:-1]}; at most 40 characters)", pattern=FAQ_ID_PATTERN)
 NAME = Text(what="a name", max_len=64)
 TAG = Text(what="a tag name", max_len=32)
 STAGE = Text(what="a stage id or label", max_len=32)
@@ -76,6 +81,16 @@ def _exactly_one(*keys: str) -> Rule:
     def rule(node: Node, report: Reporter) -> None:
         if len(_present(node, *keys)) != 1:
             report.error(node.line, f"give exactly one of: {', '.join(keys)}")
+
+    return rule
+
+
+def _at_most_one(*keys: str) -> Rule:
+    def rule(node: Node, report: Reporter) -> None:
+        present = _present(node, *keys)
+        if len(present) > 1:
+            report.error(node.key_lines[present[1]], f"one of {', '.join(keys)} per step: give {present[1]} a step "
+                                                     "of its own")
 
     return rule
 
@@ -158,6 +173,9 @@ MINIPROGRAM = Record(
     ("appid", "pagepath", "title"),
     "a miniprogram",
 )
+# A say step's image:/file:/voice:/video: a file of the flow directory or an https URL (flows/media_assets.py).
+MEDIA_SOURCE = {kind: Text(what=f"a {kind}: a path in the flow directory or an https URL", max_len=1000,
+                           validate=source_problem(kind)) for kind in MEDIA_KEYS}
 CONDITION = Record(
     {
         "intent": OneOrList(INTENT),
@@ -168,6 +186,7 @@ CONDITION = Record(
         "stage": OneOrList(STAGE),
         "check": Text(what="a check name", pattern=r"[a-z][a-z0-9_.]{0,63}"),
         "social_min": Number(0, 1_000_000_000, what="a social value"),
+        "content": OneOrList(OneOf(tuple(CONDITION_CONTENT), "content kind")),
     },
     what="a condition",
     rules=(_condition_not_empty, _needs("slot", "equals")),
@@ -187,9 +206,14 @@ STEP_VARIANTS: dict[str, Record] = {
     "say": _step(
         "say",
         TEMPLATE,
+        _at_most_one(*MEDIA_KEYS),
         menu=ListOf(CHOICE, 1, 10, "choices"),
         links=ListOf(LINK, 1, 8, "links"),
         miniprogram=MINIPROGRAM,
+        image=MEDIA_SOURCE["image"],
+        file=MEDIA_SOURCE["file"],
+        voice=MEDIA_SOURCE["voice"],
+        video=MEDIA_SOURCE["video"],
     ),
     "ask": _step(
         "ask",
@@ -283,6 +307,11 @@ TRIGGER_VARIANTS: dict[str, Record] = {
     "stage": Record({"stage": STAGE}, what="a stage trigger"),
     "tag": Record({"tag": TAG}, what="a tag trigger"),
     "external": Record({"external": ID}, what="an external event trigger (POST /api/v1/events)"),
+    "faq": Record({"faq": FAQ_ID}, what="an FAQ trigger (an entry of faq.yaml this flow takes over)"),
+    "media": Record(
+        {"media": OneOrList(OneOf(tuple(CONTENT_NAMES), "media kind"))},
+        what="a media trigger (a photo, voice note, location… without words)",
+    ),
 }
 _TRIGGER_KEYS = frozenset(key for record in TRIGGER_VARIANTS.values() for key in record.fields)
 TRIGGER = Tagged(TRIGGER_VARIANTS, "a trigger", "trigger type", known_keys=_TRIGGER_KEYS)

@@ -26,3 +26,12 @@ class FlowSettings(BaseModel):
     max_steps_per_turn: int = Field(default=50, ge=5, le=1000)
     wake_interval_s: float = Field(default=5.0, gt=0)
     publish_on_start: bool = True  # publish the directory when nothing has been published yet
+    # The FAQ (faq.yaml): answer when Rasa's ResponseSelector is at least this sure; below, offer the
+    # closest entries at least `faq_offer_at` sure as choices (at most `faq_offer_max`), valid this long.
+    faq_answer_at: float = Field(default=0.7, gt=0, le=1)
+    faq_offer_at: float = Field(default=0.3, gt=0, le=1)
+    faq_offer_max: int = Field(default=3, ge=1, le=5)
+    faq_offer_ttl_s: int = Field(default=1800, ge=60)
+    # A sure FAQ answer beats flows below this priority (price, coupons, order status: 50-60), not those above
+    # (a complaint, a person, unsubscribing: 90+).
+    faq_priority: int = Field(default=70, ge=0, le=100)

@@ -4,7 +4,8 @@ Customers repeat themselves ("在吗", "多少钱"), and Rasa is the throughput
 ceiling, so each distinct text is parsed once per model. Keys carry the
 project fingerprint: a retrained model never serves stale answers. Values are
 JSON (never pickle). Only Rasa's answers are cached: a rules answer given while
-Rasa was down must not outlive the outage.
+Rasa was down must not outlive the outage. The namespace is the model Rasa serves
+(its file name, the fingerprint): a new model, after a swap too, starts a fresh cache.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 
 from core.faults import FAULTS, fault_component
 from core.shared_state import SharedState
-from nlu.intent import SOURCE_CACHE, Entity, Intent
+from nlu.intent import SOURCE_CACHE, Entity, FaqMatch, Intent
 from nlu.metrics import CACHE_ERRORS
 
 log = logging.getLogger("scrm.nlu.cache")
@@ -28,6 +29,14 @@ class ParseCache:
         self._ttl_s = ttl_s
         self._prefix = f"nlu:parse:{namespace}:"
         self._timeout_s = timeout_s
+
+    @property
+    def namespace(self) -> str:
+        return self._prefix.removeprefix("nlu:parse:").removesuffix(":")
+
+    def use_namespace(self, namespace: str) -> None:
+        """Answers of another model from now on (the one Rasa now serves)."""
+        self._prefix = f"nlu:parse:{namespace}:"
 
     @property
     def backend(self) -> str:
@@ -46,7 +55,8 @@ class ParseCache:
                 return None
             data = json.loads(raw)
             entities = tuple(Entity.from_dict(e) for e in data["e"])
-            return Intent(str(data["i"]), float(data["c"]), entities, SOURCE_CACHE)
+            faq = FaqMatch.from_dict(data["f"]) if data.get("f") else None
+            return Intent(str(data["i"]), float(data["c"]), entities, SOURCE_CACHE, faq)
         except Exception as exc:  # noqa: BLE001 - a cache failure must not fail the parse
             self._failed(exc, "read")
             return None
@@ -54,8 +64,10 @@ class ParseCache:
     async def put(self, text: str, intent: Intent) -> None:
         if self._ttl_s <= 0:
             return
-        value = json.dumps({"i": intent.name, "c": intent.confidence, "e": [e.to_dict() for e in intent.entities]},
-                           ensure_ascii=False, separators=(",", ":"))
+        data = {"i": intent.name, "c": intent.confidence, "e": [e.to_dict() for e in intent.entities]}
+        if intent.faq is not None:
+            data["f"] = intent.faq.to_dict()
+        value = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         try:
             await asyncio.wait_for(self._state.set(self.key(text), value, self._ttl_s), self._timeout_s)
         except Exception as exc:  # noqa: BLE001

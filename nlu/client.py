@@ -9,8 +9,14 @@ change of state is logged (nlu.rasa.down / nlu.rasa.up).
 Intent.source says where an answer came from:
   "rasa"  - a fresh answer from the Rasa server;
   "cache" - an earlier Rasa answer for the same normalised text;
-  "rules" - the keyword rules in nlu/project/rules.yml (Rasa slow, failing,
-            not ready or disabled by nlu.mode = "rules"; also empty or junk input).
+  "rules" - the keyword rules in nlu/project/rules.yml and the FAQ's titles and
+            questions (Rasa slow, failing, not ready or disabled by nlu.mode = "rules";
+            also empty or junk input).
+
+With an FAQ in the model, Intent.faq holds the ResponseSelector's pick for every
+message Rasa parses (entry, confidence, the closest three): DIET's intent says
+whether the message is an FAQ question at all (`faq`), which the flows layer
+checks before answering; the ranking serves to offer choices when DIET is unsure.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from core.shared_state import SharedState
 from nlu.cache import ParseCache
+from nlu.faq_training import RETRIEVAL_INTENT, FaqRows
 from nlu.intent import (
     FALLBACK_INTENT,
     OUT_OF_SCOPE_INTENT,
@@ -32,12 +40,13 @@ from nlu.intent import (
     SOURCE_RULES,
     SOURCES,
     Entity,
+    FaqMatch,
     Intent,
 )
 from nlu.metrics import FALLBACKS, LATENCY, RASA_UP, REQUESTS
-from nlu.rasa_runtime import project_fingerprint
-from nlu.rules import RuleSet, load_rules
-from nlu.server import rasa_is_up
+from nlu.rasa_runtime import model_file
+from nlu.rules import FaqRules, RuleSet, load_rules
+from nlu.server import rasa_status
 from nlu.settings import NluSettings
 from nlu.text import cache_form, clean, looks_like_junk
 
@@ -49,6 +58,7 @@ PROBE_INTERVAL_S = 0.5  # while Rasa is down: how often to look for it
 HEALTHY_PROBE_INTERVAL_S = 5.0  # while it is up: notice a dead server even without traffic
 FALLBACK_LOG_EVERY_S = 30.0
 CODE_ENTITIES = frozenset({"group_code", "invite_code"})
+FAQ_RANKING = 3  # closest entries kept in Intent.faq.ranking: what the bot can offer as choices
 
 
 class RasaError(Exception):
@@ -56,14 +66,18 @@ class RasaError(Exception):
 
 
 class NluClient:
+    """`faq` holds the FAQ's rows (FaqBook.training_rows()) and `faq_titles` the entries' titles: what the
+    keyword rules answer FAQ questions with while Rasa cannot, and which model the cache starts with."""
+
     def __init__(self, settings: NluSettings, state: SharedState, rasa_url: str | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, faq: FaqRows = (), faq_titles: Mapping[str, str] | None = None) -> None:
         self._settings = settings
         self._url = (rasa_url or settings.rasa_url).rstrip("/")
         self._token = token if token is not None else settings.auth_token.get_secret_value()
         self._timeout_s = settings.timeout_ms / 1000
         self._rules: RuleSet = load_rules(settings.project_path() / "rules.yml")
-        self._cache = ParseCache(state, settings.cache_ttl_s, _cache_namespace(settings), self._timeout_s / 3)
+        self._faq_rules = FaqRules(faq, faq_titles)
+        self._cache = ParseCache(state, settings.cache_ttl_s, _cache_namespace(settings, faq), self._timeout_s / 3)
         self._session: aiohttp.ClientSession | None = None
         self._probe: asyncio.Task[None] | None = None
         self._inflight: dict[str, asyncio.Task[Intent]] = {}
@@ -79,6 +93,21 @@ class NluClient:
     @property
     def uses_rasa(self) -> bool:
         return self._settings.mode != "rules" and bool(self._url)
+
+    @property
+    def model(self) -> str:
+        """The model whose answers are cached: the one Rasa serves (as its last probe said), or the expected one."""
+        return self._cache.namespace
+
+    def set_faq(self, faq: FaqRows, faq_titles: Mapping[str, str] | None = None) -> None:
+        """A newly published FAQ: the rules answer with it at once; the cache follows the model Rasa serves."""
+        self._faq_rules = FaqRules(faq, faq_titles)
+
+    def use_server(self, url: str, token: str, model: str = "") -> None:
+        """Parse with another Rasa from now on (a managed server swapped in with a new model)."""
+        self._url, self._token = url.rstrip("/"), token
+        if model:
+            self._use_model(model)
 
     async def start(self) -> None:
         """Open the HTTP session and begin watching for Rasa; returns at once."""
@@ -114,7 +143,7 @@ class NluClient:
     def health(self) -> dict[str, Any]:
         """For /healthz: "ok" while Rasa answers (or rules are chosen on purpose), else "degraded"."""
         base = {"mode": self._settings.mode, "rasa_url": self._url or None, "fallbacks": self._fallback_count,
-                "cache": self._cache.backend}
+                "cache": self._cache.backend, "model": self._cache.namespace}
         if not self.uses_rasa:
             return {"status": "ok" if self._settings.mode == "rules" else "degraded",
                     "rasa": "disabled", "reason": self._down_reason, **base}
@@ -131,7 +160,7 @@ class NluClient:
             intent = await self._parse(text)
         except Exception:
             log.exception("nlu.parse.failed")
-            intent = self._rules.classify(clean(str(text), self._settings.max_text_chars))
+            intent = self._rules.classify(clean(str(text), self._settings.max_text_chars), self._faq_rules)
             self._fell_back("error")
         REQUESTS.labels(intent.source).inc()
         LATENCY.labels(intent.source).observe(time.perf_counter() - started)
@@ -143,14 +172,14 @@ class NluClient:
         if looks_like_junk(cleaned):  # empty, binary, mojibake: not worth a round trip
             return Intent(OUT_OF_SCOPE_INTENT, 1.0, (), SOURCE_RULES)
         if not self.uses_rasa:
-            return self._rules.classify(cleaned)
+            return self._rules.classify(cleaned, self._faq_rules)
         key = cache_form(cleaned)
         cached = await self._cache.get(key)
         if cached is not None:
             return cached
         if not self._up:
             self._fell_back("not_ready")
-            return self._rules.classify(cleaned)
+            return self._rules.classify(cleaned, self._faq_rules)
         task = self._inflight.get(key)
         if task is None:  # identical messages arriving together share one Rasa call
             task = asyncio.create_task(self._ask_rasa(cleaned, key))
@@ -163,7 +192,7 @@ class NluClient:
         except (aiohttp.ClientError, RasaError, OSError) as exc:
             log.debug("nlu.rasa.error error=%r", exc)
             self._fell_back("error")
-        return self._rules.classify(cleaned)
+        return self._rules.classify(cleaned, self._faq_rules)
 
     def _forget(self, key: str, task: asyncio.Task[Intent]) -> None:
         self._inflight.pop(key, None)
@@ -206,7 +235,8 @@ class NluClient:
         # Regexes are exact where DIET is fuzzy: add a phone or code that DIET missed.
         found = {e.name for e in entities}
         entities += [e for e in self._rules.entities(cleaned) if e.name not in found]
-        return Intent(name, confidence, tuple(sorted(entities, key=lambda e: e.start)), SOURCE_RASA)
+        return Intent(name, confidence, tuple(sorted(entities, key=lambda e: e.start)), SOURCE_RASA,
+                      faq_match(data))
 
     def _rasa_failed(self, exc: BaseException) -> None:
         self._failures += 1
@@ -238,11 +268,19 @@ class NluClient:
         async with aiohttp.ClientSession(timeout=probe_timeout) as probe_session:
             while True:
                 if time.monotonic() >= self._retry_at:
-                    if await rasa_is_up(probe_session, self._url, self._token):
+                    model = await rasa_status(probe_session, self._url, self._token)
+                    if model is not None:
+                        self._use_model(model)
                         self._mark_up()
                     elif self._up:
                         self._mark_down("Rasa /status does not answer")
                 await asyncio.sleep(HEALTHY_PROBE_INTERVAL_S if self._up else PROBE_INTERVAL_S)
+
+    def _use_model(self, model: str) -> None:
+        namespace = model.removesuffix(".tar.gz")
+        if namespace != self._cache.namespace:
+            log.info("nlu.model.changed model=%s was=%s: parses are cached afresh", namespace, self._cache.namespace)
+            self._cache.use_namespace(namespace)
 
     def _fell_back(self, reason: str) -> None:
         FALLBACKS.labels(reason).inc()
@@ -255,10 +293,36 @@ class NluClient:
             self._fallback_logged_at, self._fallbacks_unlogged = now, 0
 
 
-def _cache_namespace(settings: NluSettings) -> str:
-    """The project fingerprint: answers cached for one model are not reused by another."""
+def faq_match(data: dict[str, Any]) -> FaqMatch | None:
+    """The ResponseSelector's pick in a /model/parse answer (`response_selector.faq`), or None.
+
+        "response_selector": {"all_retrieval_intents": ["faq"], "faq": {
+            "response": {"intent_response_key": "faq/delivery_time", "confidence": 0.93, ...},
+            "ranking": [{"intent_response_key": "faq/delivery_time", "confidence": 0.93, "id": ...}, ...]}}
+    """
+    selector = (data.get("response_selector") or {}).get(RETRIEVAL_INTENT)
+    if not isinstance(selector, dict):
+        return None
+    response = selector.get("response") or {}
+    entry = _entry_of(response.get("intent_response_key"))
+    if not entry:
+        return None
+    ranking = [(_entry_of(r.get("intent_response_key")), float(r.get("confidence") or 0.0))
+               for r in selector.get("ranking") or [] if isinstance(r, dict)]
+    ranked = sorted(((e, c) for e, c in ranking if e), key=lambda pair: -pair[1])[:FAQ_RANKING]
+    return FaqMatch(entry, float(response.get("confidence") or 0.0), tuple(ranked))
+
+
+def _entry_of(key: Any) -> str:
+    """"faq/delivery_time" -> "delivery_time"; anything else -> ""."""
+    prefix, _, entry = str(key or "").partition("/")
+    return entry if prefix == RETRIEVAL_INTENT else ""
+
+
+def _cache_namespace(settings: NluSettings, faq: FaqRows) -> str:
+    """The model expected for the project and FAQ, until Rasa's /status names the one it serves."""
     try:
-        return project_fingerprint(settings)
+        return model_file(settings, faq=faq).name.removesuffix(".tar.gz")
     except OSError:
         return "unknown"
 

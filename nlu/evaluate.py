@@ -5,6 +5,10 @@ entity merge) with the cache off, so they measure what customers get. Macro
 averages are over the intents of the test set; an nlu_fallback answer counts as
 a miss for the true intent. Cross-validation trains K models on K splits of the
 training data with `rasa test nlu --cross-validation` (slow: K trainings).
+
+Not every miss costs the same. The confusion table (gold x predicted) marks the
+harmful cells: a message read as one of HARMFUL_INTENTS when it meant something
+else. Their count is reported apart from accuracy, and its goal is 0.
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from nlu.intent import Intent
 from nlu.rasa_runtime import TrainingFailed, rasa_env, rasa_executable
 from nlu.settings import NluSettings
 from nlu.training_data import Example, load_project
+
+# Intents whose flows act at once in a way that is costly or hard to undo, so reading one into a
+# message that meant something else hurts the customer, not just the figures:
+#   unsubscribe     stops all marketing (the customer silently loses every offer, and nobody answers
+#                   the complaint that was misread: "发错货了" read as unsubscribe);
+#   join_group_buy  opens or joins a group-buy (holds stock, tells other members, counts as led);
+#   refund          is taken as a demand for money back (tagged and queued for a person as one).
+# The flows guard these (a confirmation for a free-text opt-out or a group opening, complaint
+# signals first); the held-out count of harmful predictions shows how often they have to.
+HARMFUL_INTENTS = frozenset({"unsubscribe", "join_group_buy", "refund"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +59,14 @@ class Report:
     per_intent: dict[str, IntentScore]
     confusions: list[tuple[str, str, int, list[str]]]  # gold, predicted, count, example texts
     total: int
+    table: dict[str, dict[str, int]] = field(default_factory=dict)  # gold -> predicted -> count, non-zero only
+    harmful: list[tuple[str, str, int, list[str]]] = field(default_factory=list)  # the harmful cells
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def harmful_total(self) -> int:
+        """Messages read as a costly intent they did not mean (HARMFUL_INTENTS); the goal is 0."""
+        return sum(count for _, _, count, _ in self.harmful)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +76,10 @@ class Report:
             "per_intent": {k: {"precision": round(v.precision, 4), "recall": round(v.recall, 4),
                                "f1": round(v.f1, 4), "support": v.support} for k, v in self.per_intent.items()},
             "confusions": [{"gold": g, "predicted": p, "count": n, "examples": ex} for g, p, n, ex in self.confusions],
+            "confusion_table": {gold: dict(row) for gold, row in self.table.items()},
+            "harmful": {"intents": sorted(HARMFUL_INTENTS), "count": self.harmful_total,
+                        "cells": [{"gold": g, "predicted": p, "count": n, "examples": ex}
+                                  for g, p, n, ex in self.harmful]},
             **self.extra,
         }
 
@@ -76,6 +101,7 @@ def score(name: str, gold: list[str], predicted: list[str], texts: list[str]) ->
         if g != p:
             examples.setdefault((g, p), []).append(t)
     n = len(per_intent) or 1
+    table = confusion_table(gold, predicted)
     return Report(
         name=name,
         accuracy=sum(1 for g, p in zip(gold, predicted, strict=True) if g == p) / (len(gold) or 1),
@@ -85,7 +111,30 @@ def score(name: str, gold: list[str], predicted: list[str], texts: list[str]) ->
         per_intent=per_intent,
         confusions=[(g, p, c, examples[(g, p)][:3]) for (g, p), c in pairs.most_common(15)],
         total=len(gold),
+        table=table,
+        harmful=harmful_cells(table, examples),
     )
+
+
+def confusion_table(gold: list[str], predicted: list[str]) -> dict[str, dict[str, int]]:
+    """gold -> predicted -> count, with only the cells that occur."""
+    table: dict[str, dict[str, int]] = {}
+    for (g, p), count in sorted(Counter(zip(gold, predicted, strict=True)).items()):
+        table.setdefault(g, {})[p] = count
+    return table
+
+
+def is_harmful(gold: str, predicted: str) -> bool:
+    """A costly intent read into a message that meant something else."""
+    return predicted in HARMFUL_INTENTS and predicted != gold
+
+
+def harmful_cells(table: dict[str, dict[str, int]],
+                  examples: dict[tuple[str, str], list[str]]) -> list[tuple[str, str, int, list[str]]]:
+    """The harmful cells of a confusion table, largest first, with a few of their texts."""
+    cells = [(g, p, n, examples.get((g, p), [])[:3]) for g, row in table.items() for p, n in row.items()
+             if is_harmful(g, p)]
+    return sorted(cells, key=lambda cell: (-cell[2], cell[0], cell[1]))
 
 
 async def evaluate_held_out(settings: NluSettings, url: str | None, token: str | None,
@@ -168,6 +217,13 @@ def _report_from_rasa(name: str, data: dict[str, Any], errors: list[dict[str, An
     for e in errors:
         examples.setdefault((e["intent"], (e.get("intent_prediction") or {}).get("name", "")), []).append(e["text"])
     total = sum(s.support for s in per_intent.values())
+    table: dict[str, dict[str, int]] = {}
+    for gold, s in per_intent.items():  # the diagonal from recall, the rest from the errors
+        hits = round(s.recall * s.support)
+        if hits:
+            table.setdefault(gold, {})[gold] = hits
+    for (gold, predicted), count in sorted(pairs.items()):
+        table.setdefault(gold, {})[predicted] = count
     return Report(
         name=name,
         accuracy=float(data.get("accuracy", 0.0)),
@@ -177,6 +233,8 @@ def _report_from_rasa(name: str, data: dict[str, Any], errors: list[dict[str, An
         per_intent=per_intent,
         confusions=[(g, p, c, examples[(g, p)][:3]) for (g, p), c in pairs.most_common(15)],
         total=total,
+        table=table,
+        harmful=harmful_cells(table, examples),
     )
 
 
@@ -194,4 +252,31 @@ def format_report(report: Report) -> str:
         lines.append("confusions (gold -> predicted: count, examples):")
         for gold, predicted, count, texts in report.confusions:
             lines.append(f"  {gold} -> {predicted}: {count}  {' | '.join(texts)}")
+    lines += format_table(report.table)
+    lines.append(f"harmful: {report.harmful_total} (a message read as {', '.join(sorted(HARMFUL_INTENTS))} "
+                 "when it meant something else; goal 0)")
+    for gold, predicted, count, texts in report.harmful:
+        lines.append(f"  {gold} -> {predicted}: {count}  {' | '.join(texts)}")
     return "\n".join(lines)
+
+
+def format_table(table: dict[str, dict[str, int]]) -> list[str]:
+    """The confusion table's rows and columns that hold a mistake (rows gold, columns predicted, numbered);
+    a harmful cell is marked with "!"."""
+    wrong = [(g, p) for g, row in table.items() for p in row if p != g]
+    if not wrong:
+        return ["confusion table: no mistakes"]
+    rows = sorted({g for g, _ in wrong})
+    columns = rows + sorted({p for _, p in wrong} - set(rows))  # row n is column n: the diagonal is the hits
+    number = {label: index + 1 for index, label in enumerate(columns)}
+    lines = ["confusion table (rows gold, columns predicted; ! harmful):",
+             f"{'':<26}" + "".join(f"{number[p]:>5}" for p in columns)]
+    for gold in rows:
+        cells = ""
+        for predicted in columns:
+            count = table[gold].get(predicted, 0)
+            mark = "!" if count and is_harmful(gold, predicted) else ""
+            cells += f"{f'{count}{mark}' if count else '.':>5}"
+        lines.append(f"{number[gold]:>3} {gold:<22}" + cells)
+    lines += [f"{number[label]:>3} {label}" for label in columns if label not in rows]
+    return lines

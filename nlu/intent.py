@@ -44,6 +44,25 @@ class Entity:
 
 
 @dataclass(frozen=True)
+class FaqMatch:
+    """The FAQ entry Rasa's ResponseSelector picked for the message (retrieval intent `faq/<entry>`), how
+    sure it is, and the closest entries, best first (the bot offers them as choices when it is unsure)."""
+
+    entry: str
+    confidence: float
+    ranking: tuple[tuple[str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"entry": self.entry, "confidence": round(self.confidence, 4),
+                "ranking": [[entry, round(confidence, 4)] for entry, confidence in self.ranking]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaqMatch:
+        return cls(str(data["entry"]), float(data["confidence"]),
+                   tuple((str(entry), float(confidence)) for entry, confidence in data.get("ranking") or ()))
+
+
+@dataclass(frozen=True)
 class Intent:
     """The NLU result for one message. `source` is one of SOURCES (see above)."""
 
@@ -51,11 +70,13 @@ class Intent:
     confidence: float
     entities: tuple[Entity, ...] = field(default=())
     source: str = SOURCE_RASA
+    faq: FaqMatch | None = None  # the FAQ entry the message asks, when the model has an FAQ
 
     def entity(self, name: str) -> str | None:
         """The first value of entity `name`, or None."""
         return next((e.value for e in self.entities if e.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"intent": self.name, "confidence": round(self.confidence, 4),
+        data = {"intent": self.name, "confidence": round(self.confidence, 4),
                 "entities": [e.to_dict() for e in self.entities], "source": self.source}
+        return data | ({"faq": self.faq.to_dict()} if self.faq is not None else {})

@@ -3,7 +3,9 @@
 Rasa 3.6 needs Python 3.10 and old libraries, so it is never imported here: it
 runs as a child process from .venv-rasa (created by scripts/setup_rasa.sh).
 Models are named after the fingerprint of the project (config, domain, data,
-dictionary), so an unchanged project reuses its model and training is skipped.
+dictionary) and of the FAQ entries trained with it (nlu/faq_training.py), so an
+unchanged project and FAQ reuse their model and training is skipped. With an FAQ the
+model is trained from a build directory under the model dir; without, from the project.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nlu.faq_training import FaqRows, build_project, faq_fingerprint_part
 from nlu.settings import REPO_ROOT, NluSettings
 from nlu.training_data import fingerprint, load_project
 
@@ -25,6 +29,7 @@ log = logging.getLogger("scrm.nlu.rasa")
 
 MODEL_PREFIX = "nlu-"
 KEEP_MODELS = 3
+BUILD_DIR = "build"  # under the model dir: the generated training projects (intents + FAQ)
 REQUIREMENTS = REPO_ROOT / "nlu" / "requirements-rasa.txt"
 FOLLOW_EVERY_S = 0.5  # how often the training log is read for `on_output`
 
@@ -63,42 +68,53 @@ def rasa_env(settings: NluSettings) -> dict[str, str]:
     return env
 
 
-def project_fingerprint(settings: NluSettings) -> str:
-    """Changes when anything that shapes the model changes, including the Rasa version."""
+def project_fingerprint(settings: NluSettings, faq: FaqRows = ()) -> str:
+    """Changes when anything that shapes the model changes: project, FAQ questions, Rasa version.
+
+    Without an FAQ it is the project's alone, so the model of a project with no FAQ is unchanged.
+    """
     extra = REQUIREMENTS.read_text(encoding="utf-8") if REQUIREMENTS.exists() else ""
-    return fingerprint(settings.project_path(), extra)
+    return fingerprint(settings.project_path(), extra + faq_fingerprint_part(faq))
 
 
-def model_file(settings: NluSettings, fp: str | None = None) -> Path:
-    return settings.model_path() / f"{MODEL_PREFIX}{fp or project_fingerprint(settings)}.tar.gz"
+def model_file(settings: NluSettings, fp: str | None = None, faq: FaqRows = ()) -> Path:
+    return settings.model_path() / f"{MODEL_PREFIX}{fp or project_fingerprint(settings, faq)}.tar.gz"
 
 
 async def ensure_model(settings: NluSettings, force: bool = False,
-                       on_output: Callable[[str], None] | None = None) -> tuple[Path, bool]:
-    """The model for the current project, trained only when missing; returns (path, trained).
+                       on_output: Callable[[str], None] | None = None, faq: FaqRows = ()) -> tuple[Path, bool]:
+    """The model for the current project and FAQ, trained only when missing; returns (path, trained).
 
-    `on_output` gets each line Rasa writes while it trains (for progress), a moment after it is written.
+    `faq` holds the entries' rows (FaqBook.training_rows()). `on_output` gets each line Rasa
+    writes while it trains (for progress), a moment after it is written.
     """
     load_project(settings.project_path())  # file, line and reason before TensorFlow starts
-    target = model_file(settings)
+    target = model_file(settings, faq=faq)
     if target.exists() and not force:
         log.info("nlu.train.skipped model=%s (fingerprint unchanged)", target.name)
         return target, False
-    await _train(settings, target, on_output)
+    project = settings.project_path()
+    if faq:  # checked and copied off the event loop: a few hundred small files
+        build = settings.model_path() / BUILD_DIR / target.name.removesuffix(".tar.gz")
+        project = await asyncio.to_thread(build_project, settings.project_path(), build, faq)
+    await _train(settings, target, on_output, project)
     _prune(settings.model_path(), keep=target)
     return target, True
 
 
-async def _train(settings: NluSettings, target: Path, on_output: Callable[[str], None] | None = None) -> None:
+async def _train(settings: NluSettings, target: Path, on_output: Callable[[str], None] | None = None,
+                 project: Path | None = None) -> None:
     rasa = rasa_executable(settings)
-    project = settings.project_path()
+    project = project or settings.project_path()
+    # A build (with an FAQ) has responses in its domain, which `rasa train nlu` reads only when told.
+    domain = ["--domain", "domain.yml"] if project != settings.project_path() else []
     target.parent.mkdir(parents=True, exist_ok=True)
     log_path = target.parent / "train.log"
     started = time.monotonic()
     log.info("nlu.train.started model=%s log=%s", target.name, log_path)
     with log_path.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            str(rasa), "train", "nlu", "--config", "config.yml", "--nlu", "data",
+            str(rasa), "train", "nlu", "--config", "config.yml", "--nlu", "data", *domain,
             "--out", str(target.parent), "--fixed-model-name", target.name.removesuffix(".tar.gz"),
             cwd=project, env=rasa_env(settings), stdout=out, stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
@@ -142,7 +158,11 @@ async def _follow(log_path: Path, on_output: Callable[[str], None], exited: asyn
 
 
 def _prune(model_dir: Path, keep: Path) -> None:
-    """Keep the newest few models: enough to roll back, not enough to fill the disk."""
+    """Keep the newest few models: enough to roll back, not enough to fill the disk.
+
+    The build directory of a model goes with it (a training in progress has no model yet: its stays).
+    """
     models = sorted(model_dir.glob(f"{MODEL_PREFIX}*.tar.gz"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in [m for m in models if m != keep][KEEP_MODELS - 1:]:
         old.unlink(missing_ok=True)
+        shutil.rmtree(model_dir / BUILD_DIR / old.name.removesuffix(".tar.gz"), ignore_errors=True)

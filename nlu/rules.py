@@ -4,11 +4,16 @@ The rules live in nlu/project/rules.yml, next to the training data, so that a
 new intent or product gets both. They are deliberately simple (exact phrases,
 substrings, regular expressions): they must answer in microseconds, and they
 are the floor of quality when Rasa is down, not a second model.
+
+The FAQ has keyword rules too (FaqRules), made from its entries: a message that
+contains an entry's title or one of its questions is that entry, the longest match
+winning, and it beats the intents' keywords unless an intent's exact phrase matched.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,12 +21,15 @@ from typing import Any
 
 import yaml
 
-from nlu.intent import FALLBACK_INTENT, OUT_OF_SCOPE_INTENT, SOURCE_RULES, Entity, Intent
+from nlu.faq_training import RETRIEVAL_INTENT, FaqRows, normal_form
+from nlu.intent import FALLBACK_INTENT, OUT_OF_SCOPE_INTENT, SOURCE_RULES, Entity, FaqMatch, Intent
 from nlu.text import cache_form
 
 EXACT_CONFIDENCE = 0.9
 KEYWORD_CONFIDENCE = 0.7
 _QUANTITY_VALUE = re.compile(r"\d{1,4}|[一二两三四五六七八九十百几]{1,3}")
+EXACT_SCORE = 1000
+MIN_FAQ_PHRASE = 2  # a one-character title or question would be found in every other message
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class _IntentRule:
     def score(self, text: str) -> int:
         """0: no match; otherwise bigger is more specific (an exact match beats any keyword)."""
         if text in self.exact:
-            return 1000
+            return EXACT_SCORE
         best = max((len(k) for k in self.keywords if k in text), default=0)
         if any(p.search(text) for p in self.patterns):
             best = max(best, 3)
@@ -58,8 +66,13 @@ class RuleSet:
         with path.open(encoding="utf-8") as handle:
             return cls(yaml.safe_load(handle), str(path))
 
-    def classify(self, cleaned: str) -> Intent:
-        """The best rule match for already-cleaned text; never raises."""
+    def classify(self, cleaned: str, faq: FaqRules | None = None) -> Intent:
+        """The best rule match for already-cleaned text (the FAQ's rules included); never raises.
+
+        An FAQ match at least as long as the best intent keyword wins: an entry's question is
+        more specific than a keyword, and it comes with an answer. An intent's exact phrase
+        ("TD", "人工") still wins.
+        """
         if not cleaned:
             return Intent(OUT_OF_SCOPE_INTENT, 1.0, (), SOURCE_RULES)
         text = cache_form(cleaned)
@@ -68,10 +81,13 @@ class RuleSet:
             score = rule.score(text)
             if score > best_score:
                 best_name, best_score = rule.name, score
+        entry, length = faq.match(cleaned) if faq is not None else ("", 0)
+        if entry and best_score < EXACT_SCORE and length >= best_score:
+            return Intent(RETRIEVAL_INTENT, 1.0, self.entities(cleaned), SOURCE_RULES, faq=FaqMatch(entry, 1.0))
         if best_score == 0:
             confidence = 0.0
         else:
-            confidence = EXACT_CONFIDENCE if best_score >= 1000 else KEYWORD_CONFIDENCE
+            confidence = EXACT_CONFIDENCE if best_score >= EXACT_SCORE else KEYWORD_CONFIDENCE
         return Intent(best_name, confidence, self.entities(cleaned), SOURCE_RULES)
 
     def plausible(self, name: str, value: str) -> bool:
@@ -101,6 +117,30 @@ class RuleSet:
                     found.append(Entity("product", product, start, end, SOURCE_RULES))
                 start = cleaned.find(product, end)
         return tuple(sorted(found, key=lambda e: e.start))
+
+
+class FaqRules:
+    """The FAQ's keyword rules: each entry's title and questions, in normal form, longest first."""
+
+    def __init__(self, rows: FaqRows = (), titles: Mapping[str, str] | None = None) -> None:
+        phrases: dict[str, str] = {}
+        for entry, questions, _answer in rows:
+            for text in ((titles or {}).get(entry, ""), *questions):
+                phrase = normal_form(text)
+                if len(phrase) >= MIN_FAQ_PHRASE:
+                    phrases.setdefault(phrase, entry)  # the first entry keeps a phrase two share
+        self._phrases = sorted(phrases.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._phrases)
+
+    def match(self, cleaned: str) -> tuple[str, int]:
+        """(entry, length of the phrase found) for the longest title or question in the message, or ("", 0)."""
+        text = normal_form(cleaned)
+        for phrase, entry in self._phrases:
+            if phrase in text:
+                return entry, len(phrase)
+        return "", 0
 
 
 def _intent_rule(name: str, spec: dict[str, Any]) -> _IntentRule:

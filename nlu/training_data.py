@@ -22,6 +22,9 @@ from nlu.text import cache_form, clean
 _ANNOTATION = re.compile(r"\[(?P<text>[^\]]+)\](?:\((?P<entity>[^:)]+)(?::[^)]*)?\)|\{(?P<json>[^}]*)\})")
 _JSON_ENTITY = re.compile(r'"entity"\s*:\s*"(?P<entity>[^"]+)"')
 FINGERPRINTED = ("config.yml", "domain.yml", "data", "jieba")
+# Held-out phrasings of FAQ entries are tagged `faq/<entry>` (Rasa's retrieval intent syntax).
+# The entries are not in domain.yml but in the flow directory: nlu/faq_training.py checks them.
+FAQ_TEST_PREFIX = "faq/"
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class ProjectData:
     intents: tuple[str, ...]
     entities: tuple[str, ...]
     train: tuple[Example, ...]
-    test: tuple[Example, ...]
+    test: tuple[Example, ...]  # the intents' held-out examples
+    faq_test: tuple[Example, ...] = ()  # held-out phrasings of FAQ entries (`faq/<entry>`)
 
 
 def strip_annotations(annotated: str) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -138,6 +142,8 @@ def load_project(project_dir: Path) -> ProjectData:
     problems: list[Problem] = []
     train = _load_all(sorted((project_dir / "data").rglob("*.yml")), problems)
     test = _load_all(sorted((project_dir / "test").rglob("*.yml")), problems)
+    faq_test = [e for e in test if e.intent.startswith(FAQ_TEST_PREFIX)]
+    test = [e for e in test if not e.intent.startswith(FAQ_TEST_PREFIX)]
     for example in (*train, *test):
         if example.intent not in intents:
             problems.append(Problem(example.file, example.line, f"unknown intent {example.intent!r}: "
@@ -148,15 +154,16 @@ def load_project(project_dir: Path) -> ProjectData:
                                         f"(domain.yml lists {', '.join(entities)})"))
     problems += _duplicates(train, "training example")
     problems += _duplicates(test, "test example")
+    problems += _duplicates(faq_test, "FAQ test example")
     seen = {_key(e): e for e in train}
-    for example in test:
+    for example in (*test, *faq_test):
         other = seen.get(_key(example))
         if other is not None:
             problems.append(Problem(example.file, example.line, f"{example.text!r} is also a training example "
                                     f"({other.file.name}:{other.line}): the test set must be held out"))
     if problems:
         raise TrainingDataError(problems)
-    return ProjectData(intents, entities, tuple(train), tuple(test))
+    return ProjectData(intents, entities, tuple(train), tuple(test), tuple(faq_test))
 
 
 def _load_all(paths: list[Path], problems: list[Problem]) -> list[Example]:

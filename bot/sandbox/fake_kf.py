@@ -161,6 +161,17 @@ class FakeKf(FakeQuotas):
         self.servicer_sent.append(Sent(SERVICER_PATH, body))
         return msgid
 
+    def add_kf_servicer_media(self, open_kfid: str, external_userid: str, servicer_userid: str, msgtype: str,
+                              body: dict[str, Any]) -> str:
+        """The serving rep sends a photo, a file… in the kf workspace (origin 5, `body` under `msgtype`)."""
+        self._check_servicer(open_kfid, external_userid, servicer_userid)
+        item = {"origin": 5, "external_userid": external_userid, "servicer_userid": servicer_userid,
+                "msgtype": msgtype, msgtype: body}
+        msgid = self._add_kf(open_kfid, item)
+        self.servicer_sent.append(Sent(SERVICER_PATH, {"touser": external_userid, "open_kfid": open_kfid,
+                                                       "msgid": msgid, **item}))
+        return msgid
+
     def end_kf_session(self, open_kfid: str, external_userid: str, servicer_userid: str) -> str:
         """The rep ends the session in the workspace: state 4, and sync_msg carries session_status_change 3."""
         self._check_servicer(open_kfid, external_userid, servicer_userid)

@@ -16,6 +16,7 @@ Departed reps: `add_unassigned` fills `externalcontact/get_unassigned_list`, and
 `externalcontact/resigned/transfer_customer` records what it moved in `transfers`.
 What `scrm doctor` asks of an app (`agent/get`, `get_follow_user_list`, and the refusal of an
 untrusted IP: 60020, OA 40164) is `fake_apps.FakeApps`; `kf/account/list` is in `fake_kf`.
+Temporary media (`media/upload`, `media/get`, 3 days' life, `add_media`) are `fake_media.FakeMediaStore`.
 The platforms' sending quotas and limits (kf and OA send grants, event codes' 20 s, text sizes,
 reminders, 10,000 calls a minute per API: `refused`, `allowance`) are `fake_quotas.FakeQuotas`.
 """
@@ -33,6 +34,7 @@ from aiohttp import web
 from bot.sandbox.fake_apps import FakeApps
 from bot.sandbox.fake_groupmsg import FakeGroupMessages
 from bot.sandbox.fake_kf import FakeKf, Sent
+from bot.sandbox.fake_media import FakeMediaStore
 from bot.sandbox.fake_quotas import ApiRefusal, FakeQuotas, truncated_app_text
 
 __all__ = ["FakeWeChat", "Sent"]
@@ -41,6 +43,7 @@ TOKEN_TTL_S = 7200
 CONTACT_WAY_MAX_USERS = 100
 UNASSIGNED_PAGE_MAX = 1000  # get_unassigned_list: page_size defaults to and is at most 1000
 TRANSFER_MAX = 100  # resigned/transfer_customer: at most 100 customers a call
+MEDIA_SENDS = frozenset({"kf/send_msg", "message/custom/send", "message/send"})  # may carry an uploaded media_id
 QR_ACTIONS = {"QR_SCENE", "QR_STR_SCENE", "QR_LIMIT_SCENE", "QR_LIMIT_STR_SCENE"}
 
 
@@ -62,7 +65,7 @@ class Failure:
         return now < self.until if self.until else self.remaining > 0
 
 
-class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeQuotas):
+class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeMediaStore, FakeQuotas):
     def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
         super().__init__()
         self.init_quotas()
@@ -87,6 +90,7 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeQuotas):
         self.transfers: list[dict[str, str]] = []  # resigned/transfer_customer: handover, takeover, customer
         self.init_group_messages()
         self.init_apps()
+        self.init_media()
 
     # --- what a test or the sandbox page does --------------------------------------------
     def fail_next(self, path: str, errcode: int = 0, http_status: int = 200, times: int = 1) -> None:
@@ -137,6 +141,7 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeQuotas):
             **self.app_routes(),
             **self.kf_routes(),
             **self.group_message_routes(),
+            **self.media_routes(),
             "message/send": self.app_message_send,
             "externalcontact/send_welcome_msg": self.send_welcome_msg,
             "externalcontact/get": self.externalcontact_get,
@@ -154,6 +159,7 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeQuotas):
         }
         for path, handler in routes.items():
             app.router.add_route("*", f"/cgi-bin/{path}", self._guarded(path, self.from_trusted_ip(handler)))
+        self.add_media_link_route(app)
         return app
 
     def _guarded(self, path: str, handler: Any) -> Any:
@@ -182,8 +188,11 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeQuotas):
             refusal = self._check_token(request.query.get("access_token", ""))
             if refusal:
                 return _error(refusal)
-        body = await request.json() if request.method == "POST" and request.can_read_body else {}
+        form = request.content_type in ("multipart/form-data", "application/x-www-form-urlencoded")
+        body = await request.json() if request.method == "POST" and request.can_read_body and not form else {}
         try:
+            if path in MEDIA_SENDS:
+                self.check_sent_media(body)
             answer = await handler(request, body)
         except ApiRefusal as refused:
             return _error(refused.errcode, refused.errmsg)

@@ -12,6 +12,11 @@ their session.
 What an OA customer does is also told to the fake (`FakeWeChat.oa_customer_acted`), which
 never sees OA callbacks: it grants the sends the OA allows after a message, a follow, a scan
 or a menu click, and takes them back on an unsubscribe.
+
+A customer also sends photos, files, voice notes and places from the page (POST /sandbox/media,
+checked in `simulator_media`): the bytes go where WeChat keeps them (`FakeWeChat.add_media`), then
+a kf/sync_msg item or an OA callback names their media_id. Both pages show images, whether the
+customer sent them or the bot uploaded them for a reply, from GET /sandbox/media/{media_id}.
 """
 
 from __future__ import annotations
@@ -29,12 +34,25 @@ from aiohttp import web
 from bot.sandbox import wechat_side
 from bot.sandbox.fake_kf import SERVED, SERVICER_PATH, KfSessionError
 from bot.sandbox.fake_wechat import FakeWeChat
+from bot.sandbox.simulator_media import (
+    MEDIA_PATH,
+    PLACEHOLDER_THUMB,
+    BadMediaRequest,
+    MediaSent,
+    PagePlace,
+    media_response,
+    read_page_send,
+    shown,
+    voice_format,
+)
 from bot.settings import CallbackKeys, Settings
+from core.content import MediaKind
 
 PAGE = Path(__file__).with_name("page.html")
 REP_PAGE = Path(__file__).with_name("rep_page.html")
 SANDBOX_KF_ACCOUNT = "wkSandboxKf"
 TRANSCRIPT_LINES = 20  # of a kf customer's session, on the rep page
+OA_MAP_SCALE = 15  # an OA location's Scale: the zoom of the map the follower picked the place on
 
 
 def fake_for(settings: Settings) -> FakeWeChat:
@@ -57,6 +75,20 @@ class Simulator:
         self.fake.add_kf_text(SANDBOX_KF_ACCOUNT, user, text, menu_id)
         return await self._kf_notify(bot_url)
 
+    async def kf_sends_media(self, bot_url: str, user: str, kind: MediaKind, data: bytes, filename: str = "",
+                             content_type: str = "") -> MediaSent:
+        """A kf customer sends a photo, voice note, video or file: WeChat keeps the bytes under a new media_id
+        and kf/sync_msg has an item of that msgtype with {"media_id": …} (读取消息, document 94670)."""
+        media_id = self.fake.add_media(kind, data, filename, content_type)
+        self.fake.add_kf_media(SANDBOX_KF_ACCOUNT, user, kind, {"media_id": media_id})
+        return MediaSent(await self._kf_notify(bot_url), media_id)
+
+    async def kf_sends_location(self, bot_url: str, user: str, latitude: float, longitude: float, name: str = "",
+                                address: str = "") -> int:
+        body = {"latitude": latitude, "longitude": longitude, "name": name, "address": address}
+        self.fake.add_kf_media(SANDBOX_KF_ACCOUNT, user, "location", body)
+        return await self._kf_notify(bot_url)
+
     async def kf_enters(self, bot_url: str, user: str, scene_param: str = "") -> int:
         self.fake.add_kf_enter_session(SANDBOX_KF_ACCOUNT, user, scene_param)
         return await self._kf_notify(bot_url)
@@ -64,6 +96,33 @@ class Simulator:
     async def oa_says(self, bot_url: str, openid: str, text: str) -> int:
         self.fake.oa_customer_acted(openid, "message")
         xml = wechat_side.oa_text_xml(self.settings.oa.app_id, openid, text)
+        return await self._post_oa(bot_url, xml)
+
+    async def oa_sends_media(self, bot_url: str, openid: str, kind: MediaKind, data: bytes, filename: str = "",
+                             content_type: str = "", recognition: str = "") -> MediaSent:
+        """A follower sends a photo (PicUrl, MediaId), a voice note (MediaId, Format, and Recognition when
+        WeChat recognised words) or a video (MediaId, ThumbMediaId); the OA has no file messages."""
+        if kind == "file":
+            raise ValueError("the OA has no file messages: image, voice or video")
+        self.fake.oa_customer_acted(openid, "message")
+        media_id = self.fake.add_media(kind, data, filename, content_type)
+        fields: dict[str, str | int | float]
+        if kind == "image":
+            fields = {"PicUrl": f"{bot_url}{MEDIA_PATH}/{media_id}", "MediaId": media_id}
+        elif kind == "voice":
+            fields = {"MediaId": media_id, "Format": voice_format(self.fake.media[media_id].filename),
+                      **({"Recognition": recognition} if recognition else {})}
+        else:
+            fields = {"MediaId": media_id, "ThumbMediaId": self.fake.add_media("thumb", PLACEHOLDER_THUMB)}
+        xml = wechat_side.oa_message_xml(self.settings.oa.app_id, openid, kind, fields)
+        return MediaSent(await self._post_oa(bot_url, xml), media_id)
+
+    async def oa_sends_location(self, bot_url: str, openid: str, latitude: float, longitude: float,
+                                label: str = "", scale: int = OA_MAP_SCALE) -> int:
+        self.fake.oa_customer_acted(openid, "message")
+        fields: dict[str, str | int | float] = {"Location_X": latitude, "Location_Y": longitude, "Scale": scale,
+                                                "Label": label}
+        xml = wechat_side.oa_message_xml(self.settings.oa.app_id, openid, "location", fields)
         return await self._post_oa(bot_url, xml)
 
     async def oa_subscribes(self, bot_url: str, openid: str, scene: str = "") -> int:
@@ -135,14 +194,15 @@ class Simulator:
     def conversation(self, user: str) -> list[dict[str, Any]]:
         return [
             {"text": sent.text, "via": sent.path, "at": sent.at, "menu": _menu_of(sent.body),
-             "rep": str(sent.body.get("servicer_userid", "")) if sent.path == SERVICER_PATH else ""}
+             "rep": str(sent.body.get("servicer_userid", "")) if sent.path == SERVICER_PATH else "",
+             **shown(sent.body, self.fake.media)}
             for sent in self.fake.messages_to(user)
         ]
 
     def rep_inbox(self, rep: str) -> dict[str, Any]:
         """What the rep sees: the bot's app messages to them, and the kf customers they serve."""
         messages = [
-            {"at": sent.at, **_app_message(sent.body)}
+            {"at": sent.at, **_app_message(sent.body), **shown(sent.body, self.fake.media)}
             for sent in self.fake.sent
             if sent.path == "message/send" and rep in str(sent.body.get("touser", "")).split("|")
         ]
@@ -153,12 +213,14 @@ class Simulator:
         ]
         return {"messages": messages, "sessions": sessions}
 
-    def _transcript(self, open_kfid: str, user: str) -> list[dict[str, str]]:
-        """The customer's and the reps' texts in the session, as the kf workspace shows them."""
+    def _transcript(self, open_kfid: str, user: str) -> list[dict[str, Any]]:
+        """The customer's and the reps' messages in the session (texts, photos, files, places), as the kf
+        workspace shows them."""
         lines = [
-            {"who": "rep" if item["origin"] == 5 else "customer", "text": str(item["text"].get("content", ""))}
+            {"who": "rep" if item["origin"] == 5 else "customer",
+             "text": str((item.get("text") or {}).get("content", "")), **shown(item, self.fake.media)}
             for item in self.fake.kf_messages.get(open_kfid, [])
-            if item.get("external_userid") == user and item.get("msgtype") == "text" and item.get("origin") in (3, 5)
+            if item.get("external_userid") == user and item.get("origin") in (3, 5)
         ]
         return lines[-TRANSCRIPT_LINES:]
 
@@ -186,6 +248,8 @@ def add_sandbox_routes(app: web.Application) -> None:
     app.router.add_get("/sandbox", _page)
     app.router.add_post("/sandbox/say", _say)
     app.router.add_get("/sandbox/messages", _messages)
+    app.router.add_post(MEDIA_PATH, _send_media)
+    app.router.add_get(MEDIA_PATH + "/{media_id}", _media)
     app.router.add_get("/sandbox/rep", _rep_page)
     app.router.add_get("/sandbox/rep/inbox", _rep_inbox)
     app.router.add_post("/sandbox/rep/say", _rep_say)
@@ -212,6 +276,35 @@ async def _say(request: web.Request) -> web.Response:
     else:
         status = await simulator.oa_says(bot_url, user, text)
     return web.json_response({"callback_status": status})
+
+
+async def _send_media(request: web.Request) -> web.Response:
+    """A photo, file, voice note or place from the customer page (simulator_media says what it takes)."""
+    simulator = request.app[SIMULATOR]
+    try:
+        sent = await read_page_send(request)
+    except BadMediaRequest as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    bot_url = str(request.url.origin())
+    if isinstance(sent, PagePlace):
+        if sent.channel == "kf":
+            status = await simulator.kf_sends_location(bot_url, sent.user, sent.latitude, sent.longitude, sent.label,
+                                                       sent.address)
+        else:
+            status = await simulator.oa_sends_location(bot_url, sent.user, sent.latitude, sent.longitude, sent.label)
+        return web.json_response({"callback_status": status, "kind": "location"})
+    if sent.channel == "kf":
+        media = await simulator.kf_sends_media(bot_url, sent.user, sent.kind, sent.data, sent.filename,
+                                               sent.content_type)
+    else:
+        media = await simulator.oa_sends_media(bot_url, sent.user, sent.kind, sent.data, sent.filename,
+                                               sent.content_type, sent.recognition)
+    return web.json_response({"callback_status": media.callback_status, "kind": sent.kind,
+                              "media_id": media.media_id, "filename": simulator.fake.media[media.media_id].filename})
+
+
+async def _media(request: web.Request) -> web.Response:
+    return media_response(request.app[SIMULATOR].fake.media, request.match_info["media_id"])
 
 
 async def _messages(request: web.Request) -> web.Response:

@@ -91,6 +91,7 @@ def outside(clean_env: None) -> Iterator[Outside]:
         api_url = api_root + "/cgi-bin"
         healthy(fake)
         env = {"SCRM__SANDBOX__ENABLED": "false", "SCRM__WECOM__API_BASE": api_url, "SCRM__OA__API_BASE": api_url,
+               "SCRM__MEDIA__LINK_SECRET": "a-real-link-secret",
                **flat_env("SCRM__WECOM", WECOM), **flat_env("SCRM__OA", OA)}
         yield Outside(fake, api_url, rasa, rasa_url, env)
 

@@ -8,6 +8,7 @@ tested over real HTTP without mocking our own code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,10 +19,39 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from core.shared_state import MemoryState, RedisState, SharedState
-from nlu.settings import NluSettings
+from crm_store.lifecycle_settings import LifecycleSettings
+from flows.faq import read_faq
+from flows.faq_model import FaqBook
+from nlu.rasa_runtime import RasaUnavailable, rasa_executable
+from nlu.server import ManagedRasa
+from nlu.settings import REPO_ROOT, NluSettings
 from tests.conftest import REDIS_TEST_URL
 
 TOKEN = "test-token"
+STARTER_FLOWS = REPO_ROOT / "flows" / "library"  # the shipped flow directory, its faq.yaml the starter FAQ
+
+
+def starter_faq() -> FaqBook:
+    """The starter FAQ: what the real-Rasa tests train with the intents (one model for all of them)."""
+    return read_faq(STARTER_FLOWS, LifecycleSettings())
+
+
+@contextlib.asynccontextmanager
+async def started_rasa() -> AsyncIterator[ManagedRasa]:
+    """A managed Rasa with THE model of the real-Rasa tests: the intents and the starter FAQ, as `scrm serve`
+    runs it. Trained once (2-5 minutes on 2 cores) when the data changed; each module starts its own server."""
+    settings = NluSettings(mode="managed")
+    try:
+        rasa_executable(settings)
+    except RasaUnavailable as exc:
+        pytest.skip(f"Rasa virtualenv missing ({exc})")
+    server = ManagedRasa(settings, faq=starter_faq().training_rows())
+    await server.start()
+    try:
+        assert await server.wait_ready(900), server.status()
+        yield server
+    finally:
+        await server.stop()
 
 
 @dataclass
@@ -32,6 +62,7 @@ class FakeRasa:
     intent: str = "greet"
     confidence: float = 0.97
     entities: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # more of the answer, e.g. a recorded response_selector
     received: list[str] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     url: str = ""
@@ -59,6 +90,7 @@ class FakeRasa:
             "intent": {"name": self.intent, "confidence": self.confidence},
             "entities": self.entities,
             "intent_ranking": [{"name": self.intent, "confidence": self.confidence}],
+            **self.extra,
         })
 
 
