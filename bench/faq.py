@@ -64,6 +64,9 @@ def large_faq(entries: int = 500) -> FaqRows:
                   f"{p}的{a}：见商品详情页。") for i, (p, a) in enumerate(pairs))
 
 
+_PHASES = itertools.count(1)
+
+
 def percentiles(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
     pick = lambda q: round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)  # noqa: E731
@@ -97,11 +100,12 @@ async def while_swapping(rasa: ManagedRasa, client: NluClient, change: Any, text
     sources: Counter[str] = Counter()
     stop = asyncio.Event()
     counter = itertools.count()
+    phase = next(_PHASES)  # texts of one phase are never parsed in another (the cache would answer)
 
     async def customer() -> None:
         while not stop.is_set():
             n = next(counter)
-            text = f"{texts[n % len(texts)]} {n}"  # unseen: the cache never answers
+            text = f"{texts[n % len(texts)]} {phase}-{n}"  # unseen: the cache never answers
             began = time.perf_counter()
             sources[(await client.parse(text)).source] += 1
             latencies.append(time.perf_counter() - began)

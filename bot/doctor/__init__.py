@@ -19,6 +19,7 @@ from bot.doctor.config import config_check, config_problems, sandbox_check, unre
 from bot.doctor.report import Check, Report, guarded
 from bot.doctor.services import nlu_checks, redis_check, store_check
 from bot.doctor.wechat import wechat_checks
+from bot.runtime import directory_faq
 from bot.settings import Settings
 
 __all__ = ["Check", "Report", "diagnose", "unreadable_config"]
@@ -31,7 +32,7 @@ async def diagnose(settings: Settings, public_url: str | None = None) -> Report:
         groups = await asyncio.gather(
             guarded("store", store_check(settings.store.url)),
             guarded("redis", redis_check(settings.redis.url)),
-            guarded("nlu", nlu_checks(settings.nlu, http)),
+            guarded("nlu", nlu_checks(settings.nlu, http, directory_faq(settings).training_rows())),
             guarded("wechat", wechat_checks(settings, problems, http)),
             guarded("callbacks", callback_checks(settings, public_url, http)) if public_url else _nothing(),
         )

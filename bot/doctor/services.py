@@ -21,6 +21,7 @@ from bot.doctor.config import env_name
 from bot.doctor.report import Check, fail, ok, warn
 from crm_store.db import create_engine
 from crm_store.migrate import alembic_config, current_revision, head_revision, is_embedded
+from nlu.faq_training import FaqRows
 from nlu.rasa_runtime import RasaUnavailable, model_file, rasa_executable
 from nlu.server import find_running
 from nlu.settings import NluSettings
@@ -85,8 +86,9 @@ def _without_password(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
-async def nlu_checks(settings: NluSettings, http: aiohttp.ClientSession) -> list[Check]:
-    """The model for the current data, and a Rasa server that answers with it."""
+async def nlu_checks(settings: NluSettings, http: aiohttp.ClientSession, faq: FaqRows = ()) -> list[Check]:
+    """The model for the current data (the intents and the flow directory's FAQ), and a Rasa server that answers
+    with it."""
     if settings.mode == "rules":
         return [ok("nlu", "mode rules: keyword rules answer, on purpose; Rasa is not used")]
     project = settings.project_path()
@@ -95,7 +97,7 @@ async def nlu_checks(settings: NluSettings, http: aiohttp.ClientSession) -> list
     except TrainingDataError as exc:
         return [fail("nlu.model", f"the training data in {project} is rejected: " + "; ".join(
             str(problem) for problem in exc.problems[:3]), "fix those lines (scrm nlu check lists them all)")]
-    expected = model_file(settings).name
+    expected = model_file(settings, faq=faq).name
     if settings.mode == "managed":
         return [_managed_model(settings, expected), await _managed_server(settings, http, expected)]
     return await _external(settings, http, expected)
@@ -106,7 +108,7 @@ def _managed_model(settings: NluSettings, expected: str) -> Check:
         rasa_executable(settings)
     except RasaUnavailable as exc:
         return fail("nlu.model", str(exc), "create it: scripts/setup_rasa.sh (or make rasa)")
-    if not model_file(settings).exists():
+    if not (settings.model_path() / expected).exists():
         return fail("nlu.model", f"no model for the current data ({expected}) in {settings.model_path()}",
                     "train it: scrm nlu train (scrm serve trains at start, and keyword rules answer meanwhile)")
     return ok("nlu.model", f"{expected} is trained on the current data")
