@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from crm_store.group_chat_settings import GroupChatSettings
 from crm_store.growth_settings import GrowthSettings
 from crm_store.handoff_settings import HandoffSettings
 from crm_store.lifecycle_settings import LifecycleSettings
@@ -189,6 +190,7 @@ class Settings(BaseSettings):
     handoff: HandoffSettings = HandoffSettings()
     nurture: NurtureSettings = NurtureSettings()
     media: MediaSettings = MediaSettings()
+    groupchats: GroupChatSettings = GroupChatSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     sandbox: SandboxSettings = SandboxSettings()
