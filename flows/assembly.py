@@ -32,6 +32,7 @@ from crm_store.nurture_settings import NurtureSettings
 from flows import growth_hooks
 from flows.engine import FlowEngine
 from flows.faq_answers import FaqAnswerer
+from flows.faq_model import FaqBook
 from flows.growth import Growth
 from flows.handoff_desk import HandoffDesk
 from flows.hooks import Hooks
@@ -86,7 +87,7 @@ def assemble(
     intent = IntentStage(nlu, engine)
     pipeline = Pipeline([
         IdentityStage(lifecycle),
-        ReleaseStage(engine.releases, intent.understand),
+        ReleaseStage(engine.releases, intent.understand, _faq_follower(nlu)),
         HandoffGate(desk),
         LifecycleStage(lifecycle, engine),
         GrowthArrival(growth, nurture),
@@ -98,3 +99,15 @@ def assemble(
         HandoffAfter(desk),
     ])
     return Domain(lifecycle, growth, nurture, desk, hooks, engine, signals, pipeline)
+
+
+def _faq_follower(nlu: IntentParser) -> Callable[[FaqBook], None] | None:
+    """Give the NLU's keyword rules a newly published FAQ (a parser without FAQ rules needs nothing)."""
+    set_faq = getattr(nlu, "set_faq", None)
+    if set_faq is None:
+        return None
+
+    def follow(book: FaqBook) -> None:
+        set_faq(book.training_rows(), {entry.id: entry.title for entry in book.entries.values()})
+
+    return follow

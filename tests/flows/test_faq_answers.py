@@ -16,6 +16,8 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from crm_store.models import TimelineEvent
+from flows.loader import read_directory
+from flows.publishing import publish_flows, validate
 from flows.settings import SHIPPED_FLOWS
 from tests.bot.conftest import Bot
 from tests.flows.test_engine import customer_of, say
@@ -167,3 +169,27 @@ async def test_asked_again_within_its_window_a_person_takes_over(start_bot, rasa
     [again] = await say(bot, "wmAgain", "还是不会退货")
     assert "转接人工" in again
     assert [n["reason"] for n in await notes(bot, "wmAgain", "handoff.requested")] == ["faq_repeated"]
+
+
+GIFT_WRAP = """\
+  - id: gift_wrap
+    title: 礼品包装
+    questions: [能礼品包装吗, 可以包装成礼物吗, 送人要包装]
+    answer: 可以免费礼品包装，下单备注「礼品包装」即可。
+"""
+
+
+async def test_with_rasa_down_a_newly_published_entry_answers_without_a_restart(start_bot,  # type: ignore[no-untyped-def]
+                                                                                 tmp_path: Path) -> None:
+    directory = tmp_path / "flows"
+    shutil.copytree(SHIPPED_FLOWS, directory)
+    (directory / "faq.yaml").write_text(FAQ, encoding="utf-8")
+    bot: Bot = await start_bot(flows={"directory": str(directory)}, nlu={"mode": "rules"})
+    assert "免费礼品包装" not in " ".join(await say(bot, "wmBefore", "礼品包装"))
+    (directory / "faq.yaml").write_text(FAQ + GIFT_WRAP, encoding="utf-8")
+    flow_set = validate(read_directory(directory), bot.settings.lifecycle, bot.settings.nlu, directory)
+    async with bot.runtime.sessions() as session, session.begin():
+        await publish_flows(session, flow_set, note="a new FAQ entry")
+    assert await say(bot, "wmWrap", "礼品包装") == ["可以免费礼品包装，下单备注「礼品包装」即可。"]
+    [answered] = await notes(bot, "wmWrap", "faq.answered")
+    assert (answered["entry"], answered["source"]) == ("gift_wrap", "rules")
