@@ -19,7 +19,15 @@ from admin_cli.common import fields, in_store, json_option, table, when
 from admin_cli.flow_commands import published
 from admin_cli.main import cli, echo_json, settings_of
 from admin_cli.media_commands import media_data, media_table, where_kept
-from crm_store.customer_queries import CustomerCard, GrowthCard, Sort, customer_card, find_customers
+from crm_store.customer_queries import (
+    CustomerCard,
+    CustomerRow,
+    GrowthCard,
+    Sort,
+    customer_card,
+    find_customers,
+)
+from crm_store.group_chat_queries import GroupNotFound, resolve_groups
 from crm_store.lifecycle import Lifecycle, StageNotAllowed, funnel, set_stage
 from crm_store.media_items import RECENT, MediaLine, received
 from crm_store.models import Conversation, Customer
@@ -57,6 +65,8 @@ def customers_group() -> None:
 @click.option("--text", help="Name, channel id or something they wrote contains this (any case).")
 @click.option("--min-social", type=click.FloatRange(0), metavar="N",
               help="With a social score of at least N (what they brought: friends, conversions, groups).")
+@click.option("--in-group", "in_groups", multiple=True, metavar="CHAT_ID_OR_NAME",
+              help="In this customer group (客户群) now, by chat id or exact name (repeat: in all of them).")
 @click.option("--sort", type=click.Choice(["seen", "social"]), default="seen", show_default=True,
               help="seen: most recently seen first; social: highest social score first.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
@@ -64,10 +74,11 @@ def customers_group() -> None:
 @json_option
 @click.pass_context
 def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str | None, min_social: float | None,
-         sort: Sort, limit: int, offset: int, as_json: bool) -> None:
+         in_groups: tuple[str, ...], sort: Sort, limit: int, offset: int, as_json: bool) -> None:
     """Customers matching every filter given, most recently seen (or highest social score) first.
 
     Example: scrm customers find --tag 高意向 --stage 意向 --text 连衣裙   or   scrm customers find --sort social --min-social 10
+    or   scrm customers find --in-group 新品首发1群 --tag 高意向
     """
     settings = settings_of(ctx)
     lifecycle = Lifecycle(settings.lifecycle)
@@ -75,9 +86,17 @@ def find(ctx: click.Context, tags: tuple[str, ...], stage: str | None, text: str
         stage_id = lifecycle.resolve(stage) if stage else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--stage") from None
-    rows = in_store(settings, lambda session: find_customers(
-        session, tags=tags, stage=stage_id, text=text, min_social=min_social, sort=sort, limit=limit,
-        offset=offset))
+
+    async def work(session: AsyncSession) -> list[CustomerRow]:
+        try:
+            groups = await resolve_groups(session, in_groups)
+        except GroupNotFound as exc:
+            raise click.BadParameter("; ".join(exc.problems), param_hint="--in-group") from None
+        return await find_customers(session, tags=tags, stage=stage_id, text=text, min_social=min_social,
+                                    sort=sort, limit=limit, offset=offset,
+                                    in_groups=[group.id for group in groups.values()])
+
+    rows = in_store(settings, work)
     if as_json:
         echo_json([asdict(row) for row in rows])
         return

@@ -69,6 +69,7 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     faq_nlu_commands,  # noqa: F401  (adds `scrm faq publish`, `ask` and `test`)
     faq_report_commands,  # noqa: F401  (adds `scrm faq suggest`)
     flow_commands,
+    groupchat_commands,  # noqa: F401  (adds `scrm groupchats`: customer groups, 客户群)
     handoff_commands,
     media_commands,  # noqa: F401  (adds `scrm media`)
     ops_commands,

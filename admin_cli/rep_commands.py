@@ -3,12 +3,13 @@
 Each command is one transaction over crm_store.reps (and handoff_queries for `stats`): the
 functions the bot routes with, so a capacity, hours or duty change holds for the next
 handoff. Hours are the brand's (handoff.timezone); an empty --hours means office hours.
-A departure moves customers on WeCom and is bot.rep_departure's work.
+A departure moves customers and customer groups on WeCom and is bot.rep_departure's work.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import datetime
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_cli.common import in_store, json_option, table
 from admin_cli.handoff_commands import SINCE, duration, local_since
 from admin_cli.main import cli, echo_json, settings_of
-from bot.rep_departure import DepartureError, depart
+from bot.rep_departure import Departure, DepartureError, depart
 from bot.settings import Settings
 from bot.wechat_api import ApiError
 from crm_store.handoff_queries import RepFigures, rep_figures
@@ -240,7 +241,8 @@ def team_delete_command(ctx: click.Context, name: str) -> None:
 @json_option
 @click.pass_context
 def leave_command(ctx: click.Context, userid: str, takeover: str | None, as_json: bool) -> None:
-    """A rep left the company: their customers move to other reps on WeCom, their open handoffs are passed on.
+    """A rep left the company: their customers and customer groups move to other reps on WeCom, their open
+    handoffs are passed on.
 
     Example: scrm reps leave zhangsan --to lisi
     """
@@ -259,6 +261,17 @@ def leave_command(ctx: click.Context, userid: str, takeover: str | None, as_json
                + (f" ({moved})" if moved else ""))
     click.echo(f"open handoffs: {departure.handoffs_moved} passed to other reps, {departure.handoffs_queued} "
                f"back in the queue; unassigned customers seen on WeCom: {departure.unassigned_seen}")
+    echo_groups_moved(departure)
+
+
+def echo_groups_moved(departure: Departure) -> None:
+    """The customer groups moved (per new owner) and, one a line, those WeCom would not move."""
+    owners = Counter(group.to for group in departure.groups_moved)
+    moved = ", ".join(f"{owner} {count}" for owner, count in sorted(owners.items()))
+    click.echo(f"customer groups: {len(departure.groups_moved)} moved" + (f" ({moved})" if moved else "")
+               + f", {len(departure.groups_failed)} not moved")
+    for failed in departure.groups_failed:
+        click.echo(f"  {failed.chat_id}: not moved, {failed.reason}")
 
 
 @reps_group.command("stats")

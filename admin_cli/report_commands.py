@@ -1,6 +1,9 @@
 """`scrm report ...`: read-only reports over the store (crm_store.reports, crm_store.reports_bot,
-crm_store.faq_reports), as tables, as `--json`, or all of them in one self-contained HTML file
-(inline CSS and SVG, no scripts).
+crm_store.faq_reports, crm_store.group_chat_reports), as tables, as `--json`, or all of them in one
+self-contained HTML file (inline CSS and SVG, no scripts).
+
+Two reports have "group" in them and must not be confused: `group-buys` (拼团, the growth
+campaigns; once called `groups`, which still works) and `group-chats` (客户群, WeCom customer groups).
 
 --since and --until are dates or times in the brand's time zone (growth.timezone), or a span back
 from now (30d, 12h, 2w); --until is exclusive, and a bare date means the end of that day.
@@ -24,6 +27,7 @@ from admin_cli.common import in_store, json_option, table
 from admin_cli.main import cli, echo_json, settings_of
 from bot.settings import Settings
 from crm_store.faq_reports import faq_stats
+from crm_store.group_chat_reports import GroupChatReport, group_chats_report
 from crm_store.lifecycle import Lifecycle
 from crm_store.reports import channels_report, funnel_report, groups_report, rate, referrals_report
 from crm_store.reports_bot import bots_report, handoffs_report, messages_report, nlu_report, nurture_report
@@ -73,7 +77,9 @@ def _loaders(settings: Settings) -> dict[str, Loader]:
     return {
         "funnel": lambda s, a, b: funnel_report(s, a, b, lifecycle=lifecycle),
         "channels": lambda s, a, b: channels_report(s, a, b, purchase_stages=purchase),
-        "groups": groups_report, "referrals": referrals_report, "nurture": nurture_report,
+        "group-buys": groups_report,
+        "group-chats": lambda s, a, b: group_chats_report(s, a, b, timezone=settings.growth.timezone),
+        "referrals": referrals_report, "nurture": nurture_report,
         "handoffs": handoffs_report, "bots": lambda s, a, b: bots_report(s, a, b, fallback_flow=fallback),
         "messages": messages_report, "nlu": nlu_report, "faq": faq_stats,
     }
@@ -113,7 +119,7 @@ def _channels(lines: Any) -> Section:
                    [(c.name, c.adds) for c in lines])
 
 
-def _groups(lines: Any) -> Section:
+def _group_buys(lines: Any) -> Section:
     rows = [[c.code, c.name, c.groups_opened, c.filled, c.expired, c.still_open, _pct(c.fill_rate), c.members,
              c.seats_sold, f"¥{c.revenue_yuan:.2f}", f"{c.sold}/{c.stock}"] for c in lines]
     return Section("Group-buys", [("groups opened", sum(c.groups_opened for c in lines)),
@@ -121,6 +127,20 @@ def _groups(lines: Any) -> Section:
                    [(["campaign", "name", "opened", "filled", "expired", "open", "fill rate", "members",
                       "seats sold", "revenue", "stock sold"], rows)],
                    [(c.code, c.filled) for c in lines])
+
+
+def _group_chats(r: GroupChatReport) -> Section:
+    days = [[d.day, d.joins, d.leaves, d.joins - d.leaves] for d in r.days]
+    inviters = [[i.customer_id, i.name, i.joins, i.members_now] for i in r.top_inviters]
+    codes = [[c.code, c.name, c.groups, c.joins, c.leaves, c.members_now] for c in r.codes]
+    owner = [("owner", r.owner)] if r.owner else []
+    return Section("Customer groups (客户群)",
+                   [*owner, ("groups now", r.groups_now), ("members now", r.members_now),
+                    ("customers now", r.customers_now), ("joins", r.joins), ("leaves", r.leaves)],
+                   [([f"day ({r.timezone})", "joins", "leaves", "net"], days),
+                    (["inviter", "name", "brought", "still in"], inviters),
+                    (["live code", "name", "groups", "joins", "leaves", "customers now"], codes)],
+                   [(d.day, d.joins) for d in r.days[-31:]])  # the last month's joins
 
 
 def _referrals(r: Any) -> Section:
@@ -198,7 +218,8 @@ def _faq(lines: Any) -> Section:
 
 
 SECTIONS: dict[str, Callable[[Any], Section]] = {
-    "funnel": _funnel, "channels": _channels, "groups": _groups, "referrals": _referrals, "nurture": _nurture,
+    "funnel": _funnel, "channels": _channels, "group-buys": _group_buys, "group-chats": _group_chats,
+    "referrals": _referrals, "nurture": _nurture,
     "handoffs": _handoffs, "bots": _bots, "messages": _messages, "nlu": _nlu, "faq": _faq,
 }
 
@@ -266,24 +287,31 @@ def window_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 @cli.group("report")
 def report_group() -> None:
-    """Read-only reports: funnel, channels, group-buys, referrals, nurture, handoffs, bot flows, messages by kind,
-    NLU, FAQ; or all of them in one HTML file."""
+    """Read-only reports: funnel, channels, group-buys (拼团), customer groups (客户群, group-chats), referrals,
+    nurture, handoffs, bot flows, messages by kind, NLU, FAQ; or all of them in one HTML file."""
 
 
-def _report_command(name: str, doc: str) -> None:
-    @report_group.command(name, help=doc)
+def _show(report: Any, name: str, as_json: bool) -> None:
+    if as_json:
+        echo_json(_data(report))
+        return
+    _echo_section(SECTIONS[name](report))
+
+
+def _report_command(name: str, doc: str, report: str = "", note: str = "") -> None:
+    """`scrm report NAME`; with `report`, a hidden old name for that report, saying `note` on stderr."""
+
+    @report_group.command(name, help=doc, hidden=bool(report))
     @window_options
     @json_option
     @click.pass_context
     def command(ctx: click.Context, since: str | None, until: str | None, as_json: bool) -> None:
+        if note:
+            click.echo(note, err=True)
         settings = settings_of(ctx)
         start, end = _window(settings, since, until)
-        load = _loaders(settings)[name]
-        report = in_store(settings, lambda session: load(session, start, end))
-        if as_json:
-            echo_json(_data(report))
-            return
-        _echo_section(SECTIONS[name](report))
+        load = _loaders(settings)[report or name]
+        _show(in_store(settings, lambda session: load(session, start, end)), report or name, as_json)
 
 
 for _name, _doc in {
@@ -291,8 +319,9 @@ for _name, _doc in {
               "Example: scrm report funnel --since 2026-01-01 --until 2026-03-31",
     "channels": "Each entry channel: customers it brought in the period, conversions, cost per add.\n\n"
                 "Example: scrm report channels --since 2026-03-01 --json",
-    "groups": "Each group-buy campaign: groups opened, filled, expired, fill rate, members, seats sold.\n\n"
-              "Example: scrm report groups --since 2026-03-01",
+    "group-buys": "Each group-buy (拼团) campaign: groups opened, filled, expired, fill rate, members, seats sold. "
+                  "For customer groups (客户群) see: scrm report group-chats.\n\n"
+                  "Example: scrm report group-buys --since 2026-03-01",
     "referrals": "Friends brought and converted, rewards, the period's top inviters and the influencer board.\n\n"
                  "Example: scrm report referrals --since 2026-03-01",
     "nurture": "Sequences (enrolments, sends, replies, conversions) and pushes (sent, replied, skipped).\n\n"
@@ -311,6 +340,30 @@ for _name, _doc in {
            "Example: scrm report faq --since 30d --json",
 }.items():
     _report_command(_name, _doc)
+
+_report_command("groups", "The old name of `scrm report group-buys` (拼团), kept working; it says so on stderr.\n\n"
+                "Example: scrm report groups --json", report="group-buys",
+                note="note: `scrm report groups` is now `scrm report group-buys` (拼团); customer groups (客户群) "
+                     "are `scrm report group-chats`")
+
+
+@report_group.command("group-chats")
+@click.option("--owner", metavar="USERID", help="Only the groups this rep owns now.")
+@window_options
+@json_option
+@click.pass_context
+def group_chats_command(ctx: click.Context, owner: str | None, since: str | None, until: str | None,
+                        as_json: bool) -> None:
+    """Customer groups (客户群, not group-buys): customers' joins and leaves per day (the brand's days), groups
+    and members now, top inviters (whose personal codes brought the most), and per group live code.
+
+    Example: scrm report group-chats --since 30d --owner zhangsan
+    """
+    settings = settings_of(ctx)
+    start, end = _window(settings, since, until)
+    report = in_store(settings, lambda session: group_chats_report(
+        session, start, end, timezone=settings.growth.timezone, owner=owner))
+    _show(report, "group-chats", as_json)
 
 
 @report_group.command("html")

@@ -6,12 +6,17 @@ call). The store is changed in one transaction: the rep is marked as left (never
 again; their history stays), each open handoff is offered to another rep or queued, each
 customer gets a new owner with an `owner.transferred` entry on their timeline, and the
 transfer calls are queued in the outbox, so a crash cannot lose or repeat them.
+
+Their customer groups go first (bot.rep_departure_groups: WeCom moves a group at once or
+refuses it, so those calls are made there, one transaction per call): should WeCom stop
+answering half-way, the rep is still active and the same departure run again finishes the job,
+leaving the groups already moved alone.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -20,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.delivery import OutboundCall, queue_call
 from bot.effects_writer import write_side_effect
+from bot.rep_departure_groups import GroupFailed, GroupMoved, GroupsInterrupted, move_groups
 from bot.runtime import build_apis
 from bot.settings import Settings
 from bot.wechat_api import WeChatApi
@@ -36,6 +42,7 @@ from flows.handoff_desk import HandoffDesk
 TRANSFER_BATCH = 100  # WeCom's limit per transfer_customer call
 TRANSFER_KIND = "contacts.transfer_resigned"
 UNASSIGNED_PAGE = 1000
+NO_HEIRS = "no active rep is left to take the customers over: add one first (scrm reps add)"
 
 
 class DepartureError(ValueError):
@@ -50,6 +57,8 @@ class Departure:
     handoffs_queued: int  # nobody on duty: queued until someone is
     customers_transferred: int  # WeCom transfers queued (known customers and WeCom's unassigned list)
     unassigned_seen: int  # the rep's customers WeCom listed as unassigned
+    groups_moved: tuple[GroupMoved, ...] = ()  # customer groups now owned by an heir
+    groups_failed: tuple[GroupFailed, ...] = ()  # groups WeCom would not move, and why
 
 
 async def depart(settings: Settings, userid: str, takeover: str | None) -> Departure:
@@ -70,9 +79,19 @@ async def depart_with(sessions: async_sessionmaker[AsyncSession], contacts_api: 
                       userid: str, takeover: str | None, agent_id: int = 0) -> Departure:
     async with sessions() as session:
         await _check(session, userid, takeover)
+        heirs = await _heirs(session, takeover, userid)
+    if not heirs:
+        raise DepartureError(NO_HEIRS)
     unassigned = await unassigned_of(contacts_api, userid)
+    try:
+        groups = await move_groups(sessions, contacts_api, userid, heirs)
+    except GroupsInterrupted as exc:
+        raise DepartureError(
+            f"WeCom stopped the group transfers ({exc.cause}): {len(exc.done.moved)} group(s) moved and recorded, "
+            f"{userid} and their customers not changed yet; run the same departure again to finish") from exc
     async with sessions() as session, session.begin():
-        return await _move(session, desk, userid, takeover, unassigned, agent_id)
+        departure = await _move(session, desk, userid, takeover, unassigned, agent_id)
+    return replace(departure, groups_moved=groups.moved, groups_failed=groups.failed)
 
 
 async def unassigned_of(api: WeChatApi, userid: str) -> list[str]:
@@ -109,9 +128,9 @@ async def _move(session: AsyncSession, desk: HandoffDesk, userid: str, takeover:
         moved, queued = (moved + 1, queued) if handoff.rep_userid else (moved, queued + 1)
         for index, effect in enumerate(effects):
             await write_side_effect(session, f"depart:{userid}:handoff:{handoff.id}#{index}", effect, agent_id)
-    heirs = await _heirs(session, takeover)
+    heirs = await _heirs(session, takeover, userid)
     if not heirs:
-        raise DepartureError("no active rep is left to take the customers over: add one first (scrm reps add)")
+        raise DepartureError(NO_HEIRS)
     owned = list(await session.scalars(select(Customer).where(Customer.owner_userid == userid)))
     external = await _wecom_ids(session, [customer.id for customer in owned])
     known = {external_id for ids in external.values() for external_id in ids}
@@ -137,11 +156,12 @@ async def _move(session: AsyncSession, desk: HandoffDesk, userid: str, takeover:
     return Departure(userid, dict(takeovers), moved, queued, transferred, len(unassigned))
 
 
-async def _heirs(session: AsyncSession, takeover: str | None) -> list[str]:
+async def _heirs(session: AsyncSession, takeover: str | None, leaving: str) -> list[str]:
+    """Everyone on duty, or, when nobody is, every active rep: customers must have an owner."""
     if takeover is not None:
         return [takeover]
-    """Everyone on duty, or, when nobody is, every active rep: customers must have an owner."""
-    active = list(await session.scalars(select(Rep).where(Rep.active.is_(True)).order_by(Rep.userid)))
+    active = list(await session.scalars(
+        select(Rep).where(Rep.active.is_(True), Rep.userid != leaving).order_by(Rep.userid)))
     return [rep.userid for rep in active if rep.on_duty] or [rep.userid for rep in active]
 
 

@@ -18,6 +18,9 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.group_chat_events import GroupChatEvents
+from bot.group_join_ways import PersonalJoinWays
+from bot.group_sop_jobs import GroupPushJobs, build_group_push_jobs
 from bot.growth_jobs import GrowthJobs
 from bot.handoff_jobs import HandoffJobs
 from bot.kf_sync import KfPuller
@@ -106,6 +109,7 @@ class Runtime:
     scheduler: AsyncIOScheduler | None = None
     media_fetcher: MediaFetcher | None = None  # downloads what customers send into the media store
     media_store: MediaStore | None = None  # the one store: the fetcher's, links' (bot/media_routes.py), uploads'
+    group_pushes: GroupPushJobs | None = None  # group pushes and group SOPs (with the assembled domain)
 
     @classmethod
     async def open(
@@ -135,7 +139,7 @@ class Runtime:
             if settings.flows.publish_on_start:
                 await publish_if_unpublished(sessions, settings.flows, settings.lifecycle, settings.nlu)
             domain = assemble(settings.flows, settings.lifecycle, settings.growth, settings.handoff, settings.nurture,
-                              nlu, media_link)
+                              nlu, media_link, PersonalJoinWays(apis["wecom.contacts"]))
             rep_commands = RepCommands(domain.desk)
             agent_id, interval_s = settings.wecom.app.agent_id, settings.flows.wake_interval_s
             handoff_jobs = HandoffJobs(sessions, domain.desk, interval_s, agent_id)
@@ -154,6 +158,10 @@ class Runtime:
             settings.wecom.app.agent_id,
             rep_commands,
         )
+        # Customer groups' change events; on_join: the hook of flows/group_joins.py (a live code's tags,
+        # group fission rewards).
+        worker.group_chats = GroupChatEvents(sessions, apis["wecom.contacts"], settings.wecom.app.agent_id,
+                                             on_join=domain.group_joins.joined if domain else None)
         webhooks = WebhookSender(sessions, http, worker_settings.max_attempts, worker_settings.retry_base_s)
         uploads = MediaUploads(apis, state, store, Path(settings.flows.directory), http)
         sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s,
@@ -179,6 +187,7 @@ class Runtime:
             settings, engine, sessions, state, http, apis, nlu, inbox, outbox, worker, sender, domain, waker,
             growth_jobs, handoff_jobs, nurture, managed_rasa, webhook_feed, media_fetcher=media_fetcher,
             media_store=store,
+            group_pushes=build_group_push_jobs(sessions, apis["wecom.contacts"], settings) if domain is not None else None,
         )
 
     def start_background(self) -> None:
@@ -199,6 +208,8 @@ class Runtime:
                 self.webhook_feed.schedule(self.scheduler)
             if self.media_fetcher is not None:
                 self.media_fetcher.schedule(self.scheduler)
+            if self.group_pushes is not None:
+                self.group_pushes.schedule(self.scheduler)
             self.scheduler.start()
 
     async def drain(self) -> None:

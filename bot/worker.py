@@ -44,6 +44,7 @@ from crm_store.work_queue import ClaimLost
 from flows.turn import Turn
 
 if TYPE_CHECKING:
+    from bot.group_chat_events import GroupChatEvents
     from bot.rep_commands import RepCommands
     from nlu.intent import Intent
 
@@ -76,6 +77,7 @@ class InboxWorker:
         self.retry_base_s = retry_base_s
         self.app_agent_id = app_agent_id
         self.rep_commands = rep_commands
+        self.group_chats: GroupChatEvents | None = None  # customer groups' change events (not a customer's turn)
         self.outbox: QueueRunner[OutboxItem] | None = None  # this process's sender: it takes the replies it can
         self.processed = 0
         self._known_identities: OrderedDict[str, None] = OrderedDict()  # identities never disappear
@@ -85,6 +87,8 @@ class InboxWorker:
             event = InboundEvent.from_payload(item.payload)
             if event.kind == "kf_sync":
                 await self.kf_puller.pull(item, event)
+            elif event.kind == "group_changed":
+                await self._group_event(item, event)
             elif event.channel == "app":
                 await self._rep_event(item, event)
             else:
@@ -174,6 +178,15 @@ class InboxWorker:
                                                      self.app_agent_id)
             await work_queue.finish(session, item)
         self._hand_over([], wrote)
+
+    async def _group_event(self, item: InboxItem, event: InboundEvent) -> None:
+        """A customer group changed: applied by bot/group_chat_events.py, or finished unread without one."""
+        if self.group_chats is None:
+            log.warning("worker.group_event.unhandled chat_id=%s: no group handler in this process", event.sender)
+            async with self.sessions() as session, session.begin():
+                await work_queue.finish(session, item, "done", "no group handler")
+            return
+        self._hand_over([], await self.group_chats.handle(item, event))
 
     async def _retry_or_fail(self, item: InboxItem, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:1000]

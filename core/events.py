@@ -30,6 +30,9 @@ from core.reply_address import Channel, ReplyAddress
 #                  customer id; extra: name, data): flows with an `external:` trigger start on it
 #   stage_changed  another system moved the customer's stage (channel api; sender is the customer id):
 #                  the turn follows the stage as it follows one a flow set
+#   group_changed  a customer group (客户群) was created, changed or dismissed (change_external_chat;
+#                  sender is the chat id; extra: change_type, update_detail, scenes, member versions):
+#                  not a customer's turn, the group is read again in full
 EventKind = Literal[
     "message",
     "enter_session",
@@ -47,6 +50,7 @@ EventKind = Literal[
     "session_ended",
     "external",
     "stage_changed",
+    "group_changed",
     "other",
 ]
 
@@ -92,6 +96,8 @@ class InboundEvent:
         """Items with the same key are processed one at a time, in arrival order."""
         if self.kind == "kf_sync":
             return f"kf-account:{self.account}"
+        if self.kind == "group_changed":  # one group's changes in order, whoever's they are
+            return f"groupchat:{self.sender}"
         if self.channel == "api":
             return f"customer:{self.sender}"
         return f"{self.identity_kind}:{self.sender}"

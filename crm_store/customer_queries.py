@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customers import timeline
 from crm_store.group_buys import groups_of
+from crm_store.group_chat_queries import member_of_groups
 from crm_store.growth_models import Campaign, InviteCode, SocialStats
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import Customer, CustomerTag, Identity, StageChange, Tag, TimelineEvent
@@ -126,9 +127,11 @@ async def find_customers(
     sort: Sort = "seen",
     limit: int = 50,
     offset: int = 0,
+    in_groups: Sequence[int] = (),
 ) -> list[CustomerRow]:
     """Unmerged customers carrying every one of `tags`, in `stage`, matching `text`, with a social score
-    of at least `min_social`; most recently seen first, or highest social score first (`sort="social"`)."""
+    of at least `min_social`, in every one of the customer groups `in_groups` (group_chats ids) now;
+    most recently seen first, or highest social score first (`sort="social"`)."""
     social = func.coalesce(SocialStats.score, 0.0)
     query = (
         select(Customer, social)
@@ -147,6 +150,7 @@ async def find_customers(
         query = query.where(_matches(text.strip()))
     if min_social is not None:
         query = query.where(social >= min_social)
+    query = query.where(*member_of_groups(Customer.id, in_groups))
     recent = (Customer.last_seen_at.desc().nulls_last(), Customer.id.desc())
     query = query.order_by(*((social.desc(), *recent) if sort == "social" else recent))
     found = (await session.execute(query.limit(limit).offset(offset))).tuples().all()

@@ -24,7 +24,7 @@ GROUP_STATUSES = ("active", "dismissed")
 MEMBER_KINDS = ("customer", "rep")
 CHANGES = ("join", "leave")
 PUSH_STATUSES = ("scheduled", "sending", "sent", "cancelled", "done")
-TARGET_STATUSES = ("pending", "created", "sent", "unsent", "failed", "limited")
+TARGET_STATUSES = ("pending", "created", "sent", "unsent", "failed", "limited", "cancelled")
 
 
 class GroupJoinCode(Base):
@@ -153,6 +153,16 @@ class GroupChatSync(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # The process running it (host:pid:token) and when it last said so: a second sync is refused while
+    # the lease is fresh; a sync whose process died is taken over once it is stale.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None]
+
+    # One sync running at a time, whoever starts it: a second insert of a running row is refused.
+    __table_args__ = (
+        Index("uq_group_chat_syncs_running", "status", unique=True, postgresql_where=text("status = 'running'"),
+              sqlite_where=text("status = 'running'")),
+    )
 
 
 class GroupPush(Base):
@@ -195,8 +205,12 @@ class GroupPushTarget(Base):
     reminders: Mapped[int] = mapped_column(default=0)
     reminded_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # when it was put in a task (status `created`): a claim without a msgid after a crash is looked up
+    # in WeCom's task list before anything is sent again; also what the per-group monthly limit counts
+    claimed_at: Mapped[datetime | None]
 
     __table_args__ = (
         PrimaryKeyConstraint("push_id", "group_id"),
         Index("ix_group_push_targets_task", "msgid"),
+        Index("ix_group_push_targets_group", "group_id", "claimed_at"),
     )

@@ -4,7 +4,9 @@ Attribution survives: if only one of them was attributed, the merged customer is
 both were, the earlier attribution wins (first touch). A referral between the two
 halves (the person invited themself across accounts) is dropped. Friends, groups,
 milestones, rewards and social counters move to the customer that is kept; invite
-codes stay with the row that made them and resolve through the merge.
+codes stay with the row that made them and resolve through the merge. Customer-group
+memberships, joins and leaves (each keyed by the WeCom identity, so they never clash) move
+too; a personal group code moves unless the kept customer has one for the same live code.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from crm_store.group_chat_models import GroupChatChange, GroupChatMember, GroupJoinCode
 from crm_store.growth_models import (
     GroupBuy,
     GroupMember,
@@ -39,6 +42,18 @@ async def merge_growth(session: AsyncSession, keep_id: int, absorb_id: int) -> N
                    RewardEntry.friend_id):
         await _move(session, column, keep_id, absorb_id)
     await _add_social(session, keep_id, absorb_id)
+    await _merge_group_chats(session, keep_id, absorb_id)
+
+
+async def _merge_group_chats(session: AsyncSession, keep_id: int, absorb_id: int) -> None:
+    for column in (GroupChatMember.customer_id, GroupChatMember.inviter_id, GroupChatChange.customer_id,
+                   GroupChatChange.inviter_id):
+        await _move(session, column, keep_id, absorb_id)
+    kept_parents = select(GroupJoinCode.parent_id).where(GroupJoinCode.inviter_id == keep_id)
+    await session.execute(
+        update(GroupJoinCode).where(GroupJoinCode.inviter_id == absorb_id, GroupJoinCode.parent_id.not_in(kept_parents))
+        .values(inviter_id=keep_id).execution_options(synchronize_session=False)
+    )
 
 
 async def _first_touch(session: AsyncSession, keep_id: int, absorb_id: int) -> None:

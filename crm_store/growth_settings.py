@@ -11,11 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-QUALIFYING_EVENT = r"^(arrival|group_filled|stage:[a-z][a-z0-9_]{0,31})$"
+QUALIFYING_EVENT = r"^(arrival|group_filled|group_joined|stage:[a-z][a-z0-9_]{0,31})$"
 
 
 class RewardRule(BaseModel):
-    """when: arrival (the friend came through a code), stage:<id> (first time at that stage), group_filled.
+    """when: arrival (the friend came through a code), stage:<id> (first time at that stage), group_filled
+    (a group-buy), group_joined (the friend joined a customer group through the inviter's personal code).
 
     tier 0: granted for every friend who qualifies; tier N: once, when the Nth friend qualifies.
     """

@@ -37,10 +37,16 @@ class Grant:
 
 
 async def qualify(
-    session: AsyncSession, friend_id: int, milestone: str, rules: Sequence[RewardRule]
+    session: AsyncSession, friend_id: int, milestone: str, rules: Sequence[RewardRule], inviter_id: int | None = None
 ) -> list[Grant]:
-    """`friend_id` reached `milestone`: record it once and grant what the rules say; the new grants."""
-    inviter_id = await inviter_of(session, friend_id)
+    """`friend_id` reached `milestone`: record it once and grant what the rules say; the new grants.
+
+    `inviter_id` names the inviter when the milestone itself says who it is (a friend who joined a
+    group through a customer's personal code); otherwise it is whoever the friend was referred by.
+    Either way the milestone row (friend, milestone) makes it count once per friend.
+    """
+    if inviter_id is None:
+        inviter_id = await inviter_of(session, friend_id)
     if inviter_id is None:
         return []
     await session.execute(  # the row the inviter's milestones are counted under

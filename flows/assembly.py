@@ -33,6 +33,8 @@ from flows import growth_hooks
 from flows.engine import FlowEngine
 from flows.faq_answers import FaqAnswerer
 from flows.faq_model import FaqBook
+from flows.group_fission import PersonalGroupCodes
+from flows.group_joins import GroupJoins
 from flows.growth import Growth
 from flows.handoff_desk import HandoffDesk
 from flows.hooks import Hooks
@@ -64,6 +66,7 @@ class Domain:
     engine: FlowEngine
     signals: SignalFollower
     pipeline: Pipeline
+    group_joins: GroupJoins  # the join hook of customer groups: live codes' tags, group fission
 
 
 def assemble(
@@ -74,12 +77,14 @@ def assemble(
     nurture_settings: NurtureSettings,
     nlu: IntentParser,
     media_link: Callable[[int], str] | None = None,
+    personal_group_codes: PersonalGroupCodes | None = None,
 ) -> Domain:
-    """`media_link`: a stored media item's id -> a signed link, for reps' cards (bot/media_links.py)."""
+    """`media_link`: a stored media item's id -> a signed link, for reps' cards (bot/media_links.py);
+    `personal_group_codes`: makes customers' personal group invites (bot/group_join_ways.py)."""
     lifecycle = Lifecycle(lifecycle_settings)
     growth = Growth(growth_settings, lifecycle)
     nurture = NurtureHooks(nurture_settings.timezone, growth_settings.purchase_stages)
-    hooks = nurture.register(growth_hooks.register(Hooks(), growth))
+    hooks = nurture.register(growth_hooks.register(Hooks(), growth, personal_group_codes))
     desk = HandoffDesk(handoff, lifecycle, media_link)
     engine = FlowEngine(flows, ReleaseCache(lifecycle_settings), Runner(hooks, flows.max_steps_per_turn, lifecycle),
                         FaqAnswerer(flows, lifecycle))
@@ -98,7 +103,7 @@ def assemble(
         signals,
         HandoffAfter(desk),
     ])
-    return Domain(lifecycle, growth, nurture, desk, hooks, engine, signals, pipeline)
+    return Domain(lifecycle, growth, nurture, desk, hooks, engine, signals, pipeline, GroupJoins(growth))
 
 
 def _faq_follower(nlu: IntentParser) -> Callable[[FaqBook], None] | None:

@@ -118,6 +118,12 @@ class Growth:
         grants = await rewards.qualify(session, customer.id, f"stage:{stage}", self.settings.rewards)
         return await self._grant_effects(session, grants, customer, current_id)
 
+    async def grant_effects(
+        self, session: AsyncSession, grants: Sequence[rewards.Grant], friend: Customer
+    ) -> list[Effect]:
+        """Grants made outside a customer's turn (a friend joined a group): every receiver is notified."""
+        return await self._grant_effects(session, grants, friend, current_id=0)
+
     async def _grant_effects(
         self, session: AsyncSession, grants: Sequence[rewards.Grant], friend: Customer, current_id: int
     ) -> list[Effect]:

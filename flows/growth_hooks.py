@@ -20,6 +20,7 @@ from crm_store.campaigns import campaign_by_code, running_campaign, yuan
 from crm_store.codes import GROUP_LENGTH, GROUP_PREFIX, INVITE_LENGTH, INVITE_PREFIX, codes_in, normalise_code
 from crm_store.growth_models import Campaign, GroupBuy, Referral
 from crm_store.models import Customer, as_utc, utcnow
+from flows.group_fission import GroupInvite, PersonalGroupCodes
 from flows.growth import Growth, event_code
 from flows.hooks import ActionResult, Hooks
 from flows.turn import Turn
@@ -46,8 +47,12 @@ INVITE_REFUSED = {
 }
 
 
-def register(hooks: Hooks, growth: Growth) -> Hooks:
-    """Add the growth actions and checks to `hooks` (arrivals and stages are pipeline stages)."""
+def register(hooks: Hooks, growth: Growth, personal_group_codes: PersonalGroupCodes | None = None) -> Hooks:
+    """Add the growth actions and checks to `hooks` (arrivals and stages are pipeline stages).
+
+    `personal_group_codes` makes customers' personal group invites (`group_invite`, group fission);
+    without it the action answers that no invite can be made."""
+    GroupInvite(personal_group_codes).register(hooks)
     actions = GrowthActions(growth)
     hooks.actions.update({
         "group_buy.open": actions.open_group,

@@ -36,6 +36,8 @@ ACTION_OUTPUTS: dict[str, tuple[str, ...]] = {
                          "campaign_name", "group_share"),
     "invite.show": ("invite_code", "invite_link", "invite_share", "invite_friends"),
     "invite.claim": ("inviter_name", "invite_refused"),
+    "group_invite": ("group_invite_qr", "group_invite_code", "group_invite_friends", "group_invite_name",
+                     "group_invite_refused"),
     "sequence.enroll": (),
     "sequence.stop": (),
 }

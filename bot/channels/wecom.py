@@ -6,6 +6,7 @@ Crypto is wechatpy's; this module adds the timestamp check and maps WeCom's XML 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -80,6 +81,8 @@ class WecomCallback:
         if self.channel == "kf":
             return [kf_sync_event(message)] if event == "kf_msg_or_event" else []
         if self.channel == "contacts":
+            if event == "change_external_chat":
+                return [group_chat_event(message)]
             return [contact_event(message)] if event == "change_external_contact" else []
         return [app_event(message)]
 
@@ -119,6 +122,42 @@ def contact_event(message: Mapping[str, Any]) -> InboundEvent:
         created_at=_int(created),
         extra={"change_type": change, "source": text_of(message, "Source")},
     )
+
+
+def group_chat_event(message: Mapping[str, Any]) -> InboundEvent:
+    """A customer group was created, changed or dismissed (https://developer.work.weixin.qq.com/document/path/92130).
+
+    The event says what kind of change it was, not the group as it is now: the worker reads the
+    group in full. The dedup key is what makes one change one item (a retry repeats every field);
+    CurMemVer tells two joins of the same second apart.
+    """
+    chat_id = text_of(message, "ChatId")
+    if not chat_id:
+        raise MalformedCallback("change_external_chat without <ChatId>")
+    change = text_of(message, "ChangeType")
+    detail = text_of(message, "UpdateDetail")
+    created = text_of(message, "CreateTime")
+    current = text_of(message, "CurMemVer")
+    extra: dict[str, Any] = {"change_type": change, "update_detail": detail,
+                             "join_scene": _int(text_of(message, "JoinScene")),
+                             "quit_scene": _int(text_of(message, "QuitScene")),
+                             "mem_change_cnt": _int(text_of(message, "MemChangeCnt")),
+                             "last_mem_ver": text_of(message, "LastMemVer"), "cur_mem_ver": current}
+    return InboundEvent(
+        channel="contacts",
+        kind="group_changed",
+        dedup_key=_bounded(f"groupchat:{chat_id}:{change}:{detail}:{created}:{current}"),
+        sender=chat_id,
+        created_at=_int(created),
+        extra=extra,
+    )
+
+
+def _bounded(key: str, limit: int = 200) -> str:
+    """The inbox's dedup key column holds 200 characters: a longer key keeps its head and a digest of the whole."""
+    if len(key) <= limit:
+        return key
+    return f"{key[:limit - 41]}#{hashlib.sha1(key.encode()).hexdigest()}"
 
 
 def app_event(message: Mapping[str, Any]) -> InboundEvent:

@@ -5,6 +5,11 @@ fake delivers it at once to each customer, and lists in `fail_list` a customer w
 the month's limit of company group messages (`group_messages_per_month`, WeCom's rule), or
 who is not the sender's contact when the sender's contacts are known. `remind_groupmsg_send`
 reminds the rep of a task (by its msgid), at most 3 times in 24 h (`FakeQuotas.check_remind`).
+
+With `chat_type: "group"` the task goes to customer groups the sender owns (`chat_id_list`);
+it stays unconfirmed until a test confirms it (`confirm_group_task`) or
+`auto_confirm_group_tasks` is set, as a rep confirms it in WeCom. `get_groupmsg_send_result`
+and `get_groupmsg_list_v2` answer about those tasks (bot/sandbox/fake_groupchat_tasks.py).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from bot.sandbox.fake_groupchat_tasks import FakeGroupChatTasks
 from bot.sandbox.fake_kf import Sent
 from bot.sandbox.fake_quotas import ApiRefusal, FakeQuotas
 
@@ -23,7 +29,7 @@ MONTHLY_LIMIT = 4
 MAX_CUSTOMERS = 10_000
 
 
-class FakeGroupMessages(FakeQuotas):
+class FakeGroupMessages(FakeGroupChatTasks, FakeQuotas):
     sent: list[Sent]
     follow_users: dict[str, set[str]]
 
@@ -33,12 +39,16 @@ class FakeGroupMessages(FakeQuotas):
         self.group_messages_per_month = MONTHLY_LIMIT
         self._received: dict[str, int] = {}
         self._task_ids = itertools.count(1)
+        self.init_group_chat_tasks()
 
     def group_message_routes(self) -> dict[str, Any]:
         return {"externalcontact/add_msg_template": self.add_msg_template,
-                "externalcontact/remind_groupmsg_send": self.remind_groupmsg_send}
+                "externalcontact/remind_groupmsg_send": self.remind_groupmsg_send,
+                **self.group_chat_task_routes()}
 
     async def add_msg_template(self, _request: Any, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("chat_type") == "group":
+            return self.add_group_chat_task(body, f"msg{next(self._task_ids)}")
         customers = [str(c) for c in body.get("external_userid") or []]
         sender = str(body.get("sender") or "")
         if body.get("chat_type", "single") != "single" or not customers or len(customers) > MAX_CUSTOMERS:
@@ -61,7 +71,7 @@ class FakeGroupMessages(FakeQuotas):
 
     async def remind_groupmsg_send(self, _request: Any, body: dict[str, Any]) -> dict[str, Any]:
         msgid = str(body.get("msgid") or "")
-        if msgid not in {task["msgid"] for task in self.group_tasks}:
+        if msgid not in {task["msgid"] for task in self.group_tasks} and msgid not in self.group_chat_tasks:
             raise ApiRefusal(40058, "invalid msgid")
         self.check_remind(msgid)  # a 4th reminder within 24 h: 45009
         self.reminders.append(msgid)

@@ -17,6 +17,8 @@ Departed reps: `add_unassigned` fills `externalcontact/get_unassigned_list`, and
 What `scrm doctor` asks of an app (`agent/get`, `get_follow_user_list`, and the refusal of an
 untrusted IP: 60020, OA 40164) is `fake_apps.FakeApps`; `kf/account/list` is in `fake_kf`.
 Temporary media (`media/upload`, `media/get`, 3 days' life, `add_media`) are `fake_media.FakeMediaStore`.
+Customer groups (`externalcontact/groupchat/*`: list, get, join ways, transfers; group welcome templates) and
+what happens in them (joins, leaves, the change_external_chat callbacks) are `fake_groupchats.FakeGroupChats`.
 The platforms' sending quotas and limits (kf and OA send grants, event codes' 20 s, text sizes,
 reminders, 10,000 calls a minute per API: `refused`, `allowance`) are `fake_quotas.FakeQuotas`.
 """
@@ -32,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.sandbox.fake_apps import FakeApps
+from bot.sandbox.fake_groupchats import FakeGroupChats
 from bot.sandbox.fake_groupmsg import FakeGroupMessages
 from bot.sandbox.fake_kf import FakeKf, Sent
 from bot.sandbox.fake_media import FakeMediaStore
@@ -65,7 +68,7 @@ class Failure:
         return now < self.until if self.until else self.remaining > 0
 
 
-class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeMediaStore, FakeQuotas):
+class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeGroupChats, FakeMediaStore, FakeQuotas):
     def __init__(self, corp_id: str, wecom_secrets: list[str], oa_app_id: str, oa_secret: str) -> None:
         super().__init__()
         self.init_quotas()
@@ -91,6 +94,7 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeMediaStore, FakeQuotas
         self.init_group_messages()
         self.init_apps()
         self.init_media()
+        self.init_group_chats()
 
     # --- what a test or the sandbox page does --------------------------------------------
     def fail_next(self, path: str, errcode: int = 0, http_status: int = 200, times: int = 1) -> None:
@@ -142,6 +146,7 @@ class FakeWeChat(FakeKf, FakeGroupMessages, FakeApps, FakeMediaStore, FakeQuotas
             **self.kf_routes(),
             **self.group_message_routes(),
             **self.media_routes(),
+            **self.group_chat_routes(),
             "message/send": self.app_message_send,
             "externalcontact/send_welcome_msg": self.send_welcome_msg,
             "externalcontact/get": self.externalcontact_get,

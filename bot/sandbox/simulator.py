@@ -13,6 +13,9 @@ What an OA customer does is also told to the fake (`FakeWeChat.oa_customer_acted
 never sees OA callbacks: it grants the sends the OA allows after a message, a follow, a scan
 or a menu click, and takes them back on an unsubscribe.
 
+A customer also joins a group through a group live code and leaves it (GET/POST /sandbox/groups,
+`simulator_groups`: the 客户群变更事件 callbacks go to /wecom/contacts/callback).
+
 A customer also sends photos, files, voice notes and places from the page (POST /sandbox/media,
 checked in `simulator_media`): the bytes go where WeChat keeps them (`FakeWeChat.add_media`), then
 a kf/sync_msg item or an OA callback names their media_id. Both pages show images, whether the
@@ -34,6 +37,7 @@ from aiohttp import web
 from bot.sandbox import wechat_side
 from bot.sandbox.fake_kf import SERVED, SERVICER_PATH, KfSessionError
 from bot.sandbox.fake_wechat import FakeWeChat
+from bot.sandbox.simulator_groups import GroupSimulator, add_group_routes
 from bot.sandbox.simulator_media import (
     MEDIA_PATH,
     PLACEHOLDER_THUMB,
@@ -64,7 +68,7 @@ def fake_for(settings: Settings) -> FakeWeChat:
 
 
 @dataclass
-class Simulator:
+class Simulator(GroupSimulator):
     """Plays WeChat's side for one bot: customers speak, callbacks go to `bot_url`."""
 
     settings: Settings
@@ -254,6 +258,7 @@ def add_sandbox_routes(app: web.Application) -> None:
     app.router.add_get("/sandbox/rep/inbox", _rep_inbox)
     app.router.add_post("/sandbox/rep/say", _rep_say)
     app.router.add_post("/sandbox/rep/kf", _rep_kf)
+    add_group_routes(app, SIMULATOR)
 
 
 async def _page(_request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wechatpy.crypto import WeChatCrypto as OaCrypto
@@ -63,6 +64,41 @@ def contact_event_xml(
     if welcome_code:
         fields["WelcomeCode"] = welcome_code
     return _xml(fields)
+
+
+def external_chat_xml(
+    corp_id: str, chat_id: str, change_type: str, update_detail: str = "", join_scene: int | None = None,
+    quit_scene: int | None = None, members: Sequence[str] = (), last_mem_ver: str = "", cur_mem_ver: str = "",
+    created: int | None = None,
+) -> str:
+    """客户群变更事件 as WeCom posts it (https://developer.work.weixin.qq.com/document/path/92130): ChangeType create,
+    update (UpdateDetail add_member, del_member, change_owner, change_name, change_notice) or dismiss. JoinScene
+    (0 invited by a member, 3 by QR code) only for add_member, QuitScene (0 left, 1 removed by the owner or an
+    admin) only for del_member; MemChangeCnt, MemChangeList (one <Item> per userid), LastMemVer and CurMemVer
+    when members changed."""
+    fields: dict[str, str | int] = {
+        "ToUserName": corp_id,
+        "FromUserName": "sys",
+        "CreateTime": created or int(time.time()),
+        "MsgType": "event",
+        "Event": "change_external_chat",
+        "ChatId": chat_id,
+        "ChangeType": change_type,
+    }
+    if update_detail:
+        fields["UpdateDetail"] = update_detail
+    if join_scene is not None:
+        fields["JoinScene"] = join_scene
+    if quit_scene is not None:
+        fields["QuitScene"] = quit_scene
+    if members:
+        fields["MemChangeCnt"] = len(members)
+    xml = _xml(fields)
+    if members:
+        items = "".join(f"<Item>{_cdata(userid)}</Item>" for userid in members)
+        xml = xml.removesuffix("</xml>") + f"<MemChangeList>{items}</MemChangeList></xml>"
+    versions: dict[str, str | int] = {key: value for key, value in (("LastMemVer", last_mem_ver), ("CurMemVer", cur_mem_ver)) if value}
+    return xml.removesuffix("</xml>") + _xml(versions).removeprefix("<xml>") if versions else xml
 
 
 def app_text_xml(corp_id: str, userid: str, text: str, agent_id: int, msg_id: int | None = None) -> str:

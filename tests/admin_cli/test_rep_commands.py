@@ -263,10 +263,17 @@ def test_leave_moves_customers_and_open_handoffs(backend: Backend, wecom_api: tu
         "reps", "leave", "zhangsan", "--to", "zhangsan", ok=False).output
     assert scrm.count(OutboxItem) == 0
 
+    fake = wecom_api[0]
+    fake.add_group_chat("zhangsan", "老客群", ["wm_amy"])
+    fake.resign_owner("zhangsan")
+    serving = fake.add_group_chat("zhangsan", "新群", ["wm_bob"])  # WeCom still has its owner serving: 90500
     left = scrm("reps", "leave", "zhangsan", "--to", "lisi").stdout.splitlines()
     assert left[0] == "zhangsan has left: 3 customer(s) transferred (lisi 2)"
     assert left[1].startswith("open handoffs: 2 passed to other reps, 0 back in the queue")
     assert left[1].endswith("unassigned customers seen on WeCom: 1")
+    assert left[2:] == ["customer groups: 1 moved (lisi 1), 1 not moved",
+                        f"  {serving}: not moved, its owner has not left the company on WeCom (群主并未离职): "
+                        "move it with an on-the-job transfer"]
 
     async def state(session: AsyncSession) -> tuple[bool, list[str | None], list[str | None]]:
         rep = await session.get(Rep, "zhangsan")
@@ -286,8 +293,12 @@ def test_leave_moves_customers_and_open_handoffs(backend: Backend, wecom_api: tu
     assert (transfer["takeover_userid"], sorted(transfer["external_userid"])) == (
         "lisi", ["wm_amy", "wm_bob", "wm_stranger"])
     assert wecom_api[0].transfers == []
+    wangwus = fake.add_group_chat("wangwu", "王五的群", ["wm_amy"])
+    fake.resign_owner("wangwu")
     gone = scrm.json("reps", "leave", "wangwu")
     assert gone["userid"] == "wangwu" and set(gone) == {
-        "userid", "takeovers", "handoffs_moved", "handoffs_queued", "customers_transferred", "unassigned_seen"}
+        "userid", "takeovers", "handoffs_moved", "handoffs_queued", "customers_transferred", "unassigned_seen",
+        "groups_moved", "groups_failed"}
+    assert (gone["groups_moved"], gone["groups_failed"]) == ([{"chat_id": wangwus, "to": "lisi"}], [])
     assert [rep["userid"] for rep in scrm.json("reps", "list")] == ["lisi"]
     assert "no active rep zhangsan" in scrm("reps", "leave", "zhangsan", ok=False).output

@@ -20,6 +20,7 @@ from crm_store.campaigns import CampaignError, create_campaign, spec_from_mappin
 from crm_store.codes import ALPHABET, codes_in, new_code, normalise_code
 from crm_store.customers import merge_customers, resolve_customer
 from crm_store.db import create_engine, session_factory
+from crm_store.group_chat_models import GroupChat, GroupChatChange, GroupChatMember, GroupJoinCode
 from crm_store.growth_models import Campaign, GroupMember, Referral, RewardEntry
 from crm_store.growth_settings import RewardRule, SocialWeights
 from crm_store.models import Customer, utcnow
@@ -209,3 +210,40 @@ def test_codes_are_unambiguous_and_read_back_however_they_are_typed() -> None:
     assert codes_in("我的邀请码是 ｋ７Ｐ３ ＱＸ９Ｍ，谢谢") == ["K7P3QX9M"]
     assert codes_in("参团 k7p-3qx") == ["K7P3QX"]
     assert codes_in("你好") == []
+
+
+async def test_customer_group_memberships_and_personal_codes_follow_a_merge(sessions) -> None:  # type: ignore[no-untyped-def]
+    keep_half, absorb_half, friend = await customers(sessions, 3, prefix="g")
+
+    async def groups_and_codes(session: AsyncSession) -> None:
+        group = GroupChat(chat_id="wrMerge", name="福利群", owner_userid="rep1")
+        live = GroupJoinCode(code="gc_MERGE001", name="福利群码", chat_ids=["wrMerge"], fission=True)
+        other = GroupJoinCode(code="gc_MERGE002", name="新品群码", chat_ids=["wrMerge"], fission=True)
+        session.add_all([group, live, other])
+        await session.flush()
+        session.add_all([
+            GroupJoinCode(code="gc_MKEEP", name="keep's", parent_id=live.id, inviter_id=keep_half.id),
+            GroupJoinCode(code="gc_MABS1", name="absorbed's, same live code", parent_id=live.id,
+                          inviter_id=absorb_half.id),
+            GroupJoinCode(code="gc_MABS2", name="absorbed's, another live code", parent_id=other.id,
+                          inviter_id=absorb_half.id),
+            GroupChatMember(group_id=group.id, userid="g1", kind="customer", customer_id=absorb_half.id),
+            GroupChatMember(group_id=group.id, userid="g2", kind="customer", customer_id=friend.id,
+                            inviter_id=absorb_half.id),
+            GroupChatChange(group_id=group.id, userid="g2", kind="customer", customer_id=friend.id, change="join",
+                            inviter_id=absorb_half.id),
+        ])
+
+    async def merge(session: AsyncSession) -> None:
+        keep, absorb = await session.get_one(Customer, keep_half.id), await session.get_one(Customer, absorb_half.id)
+        await merge_customers(session, keep, absorb)
+
+    await in_tx(sessions, groups_and_codes)
+    await in_tx(sessions, merge)
+    async with sessions() as session:
+        members = {row.userid: (row.customer_id, row.inviter_id) for row in await session.scalars(select(GroupChatMember))}
+        assert members == {"g1": (keep_half.id, None), "g2": (friend.id, keep_half.id)}
+        assert await session.scalar(select(GroupChatChange.inviter_id)) == keep_half.id
+        owners = dict((await session.execute(select(GroupJoinCode.code, GroupJoinCode.inviter_id))).tuples().all())
+        assert (owners["gc_MKEEP"], owners["gc_MABS1"], owners["gc_MABS2"]) == (keep_half.id, absorb_half.id,
+                                                                                 keep_half.id)

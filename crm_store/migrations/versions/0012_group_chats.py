@@ -129,8 +129,12 @@ def upgrade() -> None:
         sa.Column('error', sa.Text(), nullable=False),
         sa.Column('started_at', WHEN, nullable=False),
         sa.Column('finished_at', WHEN, nullable=True),
+        sa.Column('claimed_by', sa.String(length=128), nullable=True),
+        sa.Column('heartbeat_at', WHEN, nullable=True),
         sa.PrimaryKeyConstraint('id'),
     )
+    op.create_index('uq_group_chat_syncs_running', 'group_chat_syncs', ['status'], unique=True,
+                    postgresql_where=sa.text("status = 'running'"), sqlite_where=sa.text("status = 'running'"))
     op.create_table(
         'group_pushes',
         sa.Column('id', BIG_ID, nullable=False),
@@ -161,11 +165,13 @@ def upgrade() -> None:
         sa.Column('reminders', sa.Integer(), nullable=False),
         sa.Column('reminded_at', WHEN, nullable=True),
         sa.Column('sent_at', WHEN, nullable=True),
+        sa.Column('claimed_at', WHEN, nullable=True),
         sa.ForeignKeyConstraint(['push_id'], ['group_pushes.id']),
         sa.ForeignKeyConstraint(['group_id'], ['group_chats.id']),
         sa.PrimaryKeyConstraint('push_id', 'group_id'),
     )
     op.create_index('ix_group_push_targets_task', 'group_push_targets', ['msgid'], unique=False)
+    op.create_index('ix_group_push_targets_group', 'group_push_targets', ['group_id', 'claimed_at'], unique=False)
 
 
 def downgrade() -> None:
