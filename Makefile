@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-faq bench-flows bench-growth bench-nurture bench-api soak nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-faq bench-flows bench-growth bench-nurture bench-api bench-groupchats soak nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
@@ -54,6 +54,9 @@ bench-nurture: install  ## 100,000 sequence steps due at once among 1,000,000 en
 
 bench-api: install  ## POST /orders rate and p99, a segment query and every report over 1,000,000 customers, on PostgreSQL
 	$(BIN)/python bench/api.py
+
+bench-groupchats: install  ## full sync of 10,000 customer groups x 200 members from the fake WeCom within its rate limit, and a group push's dispatch, on PostgreSQL
+	$(BIN)/python bench/groupchats.py
 
 soak: install rasa  ## 10 minutes of kf and OA customers while PostgreSQL, Redis, Rasa, a worker and the API fail; every loss counted
 	$(BIN)/python bench/soak.py
