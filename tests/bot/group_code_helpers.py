@@ -16,6 +16,7 @@ from tests.bot.conftest import Bot
 
 
 async def post_chat(bot: Bot, xml: str) -> int:
+    """WeCom posts a 客户群变更事件, signed and encrypted, to the contacts callback."""
     keys = bot.settings.wecom.contacts
     signed = wechat_side.sign_wecom(keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(),
                                     bot.settings.wecom.corp_id, xml)

@@ -7,7 +7,6 @@ change nothing twice and crash nothing.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,35 +23,15 @@ from crm_store.group_chat_models import GroupChat, GroupChatChange, GroupChatMem
 from crm_store.group_chats import group_by_chat_id
 from crm_store.models import InboxItem, OutboxItem, TimelineEvent
 from tests.bot.conftest import Bot
+from tests.bot.group_code_helpers import post_chat, settle
 
 FAST_RETRIES = {"worker": {"poll_interval_s": 0.05, "max_attempts": 4, "retry_base_s": 0.05}}
-
-
-async def post_chat(bot: Bot, xml: str) -> int:
-    """WeCom posts a 客户群变更事件, signed and encrypted, to the contacts callback."""
-    keys = bot.settings.wecom.contacts
-    signed = wechat_side.sign_wecom(keys.token.get_secret_value(), keys.encoding_aes_key.get_secret_value(),
-                                    bot.settings.wecom.corp_id, xml)
-    response = await bot.client.post("/wecom/contacts/callback", params=signed.query, data=signed.body)
-    return response.status
 
 
 async def deliver(bot: Bot, xmls: Sequence[str]) -> None:
     for xml in xmls:
         assert await post_chat(bot, xml) == 200
     await bot.drain()
-
-
-async def settle(bot: Bot, rounds: int = 60) -> None:
-    """Drain while retried items wait out their (short) back-off."""
-    for _ in range(rounds):
-        await bot.drain()
-        async with bot.runtime.sessions() as session:
-            pending = await session.scalar(select(func.count()).select_from(InboxItem)
-                                           .where(InboxItem.status != "done", InboxItem.status != "failed"))
-        if not pending:
-            return
-        await asyncio.sleep(0.05)
 
 
 async def members(bot: Bot, chat_id: str) -> dict[str, GroupChatMember]:
