@@ -69,7 +69,7 @@ POOL = 20
 GET = "externalcontact/groupchat/get"
 TASK = "externalcontact/add_msg_template"
 TASK_MAX_GROUPS = 2000  # add_msg_template's chat_id_list (document 92135)
-PER_GROUP_MONTH = 4  # group messages a group may receive in a natural month (document 92135)
+PER_GROUP_MONTH = 28  # group messages a group may receive a month: as many as the month has days (document 92135)
 
 
 @dataclass

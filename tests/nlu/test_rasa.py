@@ -121,7 +121,12 @@ async def test_killed_server_is_restarted_and_rules_answer_meanwhile(rasa: Manag
         assert rasa.restarts == restarts + 1
         assert await rasa.wait_ready(300)
         assert await nlu.wait_ready(30)
-        assert (await nlu.parse("有优惠吗")).source == "rasa"
+        # A restarted model's first answers can outlast the 300 ms budget (its graph warms up): those
+        # are answered by the rules and the client waits for the next probe; Rasa answers again soon.
+        deadline = time.monotonic() + 30
+        while (source := (await nlu.parse("有优惠吗")).source) != "rasa" and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert source == "rasa"
     finally:
         await nlu.close()
 
