@@ -9,17 +9,12 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from admin_cli.groupchat_commands import groupchats_group
-from admin_cli.groupchat_push_commands import push, sops
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import fake_for
 from bot.settings import load_settings
 from crm_store.group_chat_models import GroupChat, GroupChatTag, GroupPush, GroupPushTarget
 from tests.admin_cli.harness import ScrmRunner, served
 from tests.conftest import Backend
-
-for command in (push, sops):  # the group module wires them; until then (and whatever the import order) here
-    groupchats_group.commands.setdefault(command.name or "", command)
 
 SOP = """\
 id: new_arrivals
