@@ -180,12 +180,10 @@ class InboxWorker:
         self._hand_over([], wrote)
 
     async def _group_event(self, item: InboxItem, event: InboundEvent) -> None:
-        """A customer group changed: applied by bot/group_chat_events.py, or finished unread without one."""
+        """A customer group changed: applied by bot/group_chat_events.py. A worker built without it (never
+        by Runtime) retries and then fails the item, visibly, rather than dropping the change."""
         if self.group_chats is None:
-            log.warning("worker.group_event.unhandled chat_id=%s: no group handler in this process", event.sender)
-            async with self.sessions() as session, session.begin():
-                await work_queue.finish(session, item, "done", "no group handler")
-            return
+            raise RuntimeError(f"no customer-group handler in this worker for group {event.sender}")
         self._hand_over([], await self.group_chats.handle(item, event))
 
     async def _retry_or_fail(self, item: InboxItem, exc: Exception) -> None:
