@@ -7,17 +7,13 @@ reads the issue's "发错货了！！！" as unsubscribe at 0.998, as the model 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from sqlalchemy import func, select
 
 from crm_store.growth_models import GroupBuy
 from crm_store.tags import tags_of
 from tests.bot.conftest import Bot
+from tests.flows.conftest import ScriptedRasa
 from tests.flows.test_engine import customer_of, say
 from tests.flows.test_growth import campaign
 
@@ -60,36 +56,6 @@ async def test_a_message_with_a_complaint_and_an_opt_out_is_a_complaint(bot: Bot
     [reply] = await say(bot, "wmBoth", text)
     assert reply.startswith(SORRY)
     assert not await opted_out(bot, "wmBoth")
-
-
-@dataclass
-class ScriptedRasa:
-    """Answers `/model/parse` like Rasa 3.6 with the scripted (intent, confidence) for each text."""
-
-    script: dict[str, tuple[str, float]] = field(default_factory=dict)
-    url: str = ""
-
-    async def status(self, _request: web.Request) -> web.Response:
-        return web.json_response({"model_file": "nlu-scripted.tar.gz"})
-
-    async def parse(self, request: web.Request) -> web.Response:
-        text = (await request.json())["text"]
-        intent, confidence = self.script.get(text, ("nlu_fallback", 0.3))
-        return web.json_response({"text": text, "intent": {"name": intent, "confidence": confidence},
-                                  "entities": [], "intent_ranking": [{"name": intent, "confidence": confidence}]})
-
-
-@pytest.fixture
-async def rasa() -> AsyncIterator[ScriptedRasa]:
-    scripted = ScriptedRasa()
-    app = web.Application()
-    app.router.add_get("/status", scripted.status)
-    app.router.add_post("/model/parse", scripted.parse)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    scripted.url = str(server.make_url("")).rstrip("/")
-    yield scripted
-    await server.close()
 
 
 async def test_a_complaint_the_model_reads_as_unsubscribe_still_reaches_a_person(start_bot, rasa: ScriptedRasa) -> None:  # type: ignore[no-untyped-def]

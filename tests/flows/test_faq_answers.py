@@ -5,14 +5,9 @@ answers `/model/parse` with a ResponseSelector's output as Rasa 3.6 does (the re
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from crm_store.models import TimelineEvent
@@ -20,6 +15,7 @@ from flows.loader import read_directory
 from flows.publishing import publish_flows, validate
 from flows.settings import SHIPPED_FLOWS
 from tests.bot.conftest import Bot
+from tests.flows.conftest import ScriptedRasa
 from tests.flows.test_engine import customer_of, say
 
 FAQ = """\
@@ -47,45 +43,6 @@ triggers:
 steps:
   - say: 发票请把抬头和税号发给我～
 """
-
-
-@dataclass
-class ScriptedRasa:
-    """Answers every parse with the next scripted (intent, confidence, ranking of FAQ entries)."""
-
-    script: dict[str, tuple[str, float, list[tuple[str, float]]]] = field(default_factory=dict)
-    url: str = ""
-
-    async def status(self, _request: web.Request) -> web.Response:
-        return web.json_response({"model_file": "nlu-faq.tar.gz"})
-
-    async def parse(self, request: web.Request) -> web.Response:
-        text = (await request.json())["text"]
-        intent, confidence, ranking = self.script.get(text, ("nlu_fallback", 0.3, []))
-        body: dict[str, Any] = {"text": text, "intent": {"name": intent, "confidence": confidence}, "entities": []}
-        if ranking:
-            ranked = [{"id": n, "confidence": c, "intent_response_key": f"faq/{entry}"}
-                      for n, (entry, c) in enumerate(ranking)]
-            best = ranked[0]
-            body["response_selector"] = {"all_retrieval_intents": ["faq"], "faq": {
-                "response": {"responses": [{"text": "(the model's copy)"}], "confidence": best["confidence"],
-                             "intent_response_key": best["intent_response_key"],
-                             "utter_action": f"utter_{best['intent_response_key']}"},
-                "ranking": ranked}}
-        return web.json_response(body)
-
-
-@pytest.fixture
-async def rasa() -> AsyncIterator[ScriptedRasa]:
-    scripted = ScriptedRasa()
-    app = web.Application()
-    app.router.add_get("/status", scripted.status)
-    app.router.add_post("/model/parse", scripted.parse)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    scripted.url = str(server.make_url("")).rstrip("/")
-    yield scripted
-    await server.close()
 
 
 async def start(start_bot, rasa: ScriptedRasa, tmp_path: Path, **flows: str) -> Bot:  # type: ignore[no-untyped-def]
