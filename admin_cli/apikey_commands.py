@@ -66,7 +66,7 @@ def list_command(ctx: click.Context, active: bool, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def revoke(ctx: click.Context, key_id: int, as_json: bool) -> None:
-    """Stop a key at once (it stays listed, as revoked).
+    """Stop a key: every running bot refuses it within 10 s (it stays listed, as revoked).
 
     Example: scrm apikeys revoke 3
     """

@@ -2,8 +2,11 @@
 
 A key reads `scrm_<prefix>_<secret>`: the prefix is kept in clear so an admin can tell keys
 apart in `scrm apikeys list`, the whole key only as its SHA-256 (a key is random and long,
-so a plain hash is enough: nothing to guess). A revoked key stays listed, and stops working
-at once. `last_used_at` is written at most once a minute per key.
+so a plain hash is enough: nothing to guess). A revoked key stays listed, and is refused at
+once by the process that revoked it; a process that has seen the key live may trust it for
+`KEY_TRUSTED_FOR` more (the API does: no store query per request), so every process refuses
+it within that bound.
+`last_used_at` is written at most once a minute per key.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ Scope = Literal["read", "write"]
 SCOPES: tuple[Scope, ...] = ("read", "write")
 KEY_START = "scrm_"
 TOUCH_EVERY = timedelta(minutes=1)
+KEY_TRUSTED_FOR = timedelta(seconds=10)  # a live key is read again after this: a revocation's bound
+_revoked_here = 0  # keys revoked by this process: what it remembers as live is forgotten at once
 
 
 class ApiKeyError(ValueError):
@@ -75,12 +80,19 @@ async def list_keys(session: AsyncSession, include_revoked: bool = True) -> list
 
 
 async def revoke_key(session: AsyncSession, key_id: int) -> KeyView:
+    global _revoked_here
     row = await session.get(ApiKey, key_id)
     if row is None:
         raise ApiKeyError(f"no API key {key_id} (see: scrm apikeys list)")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        _revoked_here += 1
     return _view(row)
+
+
+def revocations_here() -> int:
+    """How many keys this process has revoked: a change tells a cache of live keys to forget them all."""
+    return _revoked_here
 
 
 async def authenticate(session: AsyncSession, key: str) -> ApiKey | None:

@@ -32,6 +32,7 @@ class CustomerFacts:
     running_enrolments: bool  # enrolled in a sequence (active or paused)
     unreplied_sends: bool  # a sequence step or push sent within the reply window, not yet replied to
     held_messages: bool = False  # notifications wait for the customer's next message (no allowance was left)
+    invited: bool = True  # referred by another customer: a purchase may convert it and earn rewards (True: ask)
 
 
 # Built once: executing the same statement object skips its construction and its cache key (memoized).

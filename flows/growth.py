@@ -104,10 +104,13 @@ class Growth:
 
     # ------------------------------------------------------------ stages, conversions, rewards
 
-    async def stage_reached(self, session: AsyncSession, customer: Customer, stage: str, current_id: int
-                            ) -> list[Effect]:
+    async def stage_reached(self, session: AsyncSession, customer: Customer, stage: str, current_id: int,
+                            invited: bool = True) -> list[Effect]:
         """`customer` entered `stage`: a first purchase converts a referral (and counts up the tree);
-        stage rules may grant rewards."""
+        stage rules may grant rewards. `invited` False (read with the customer: nobody referred them)
+        skips both: there is no referral to convert and no inviter to reward."""
+        if not invited:
+            return []
         if stage in self.settings.purchase_stages:
             inviter_id = await referrals.mark_converted(session, customer.id)
             if inviter_id is not None:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from core.sequences import NurtureSequence
 from crm_store.enrolments import (
     EnrolError,
     SequenceCatalog,
@@ -48,7 +50,7 @@ class NurtureHooks:
         except EnrolError as exc:
             log.warning("nurture.enroll_refused customer=%s %s", turn.customer.id, exc)
             return ActionResult()
-        await enrol(turn.session, turn.customer.id, sequence, state.current_version, "flow", self.zone)
+        await self._enrol(turn, sequence, state.current_version, "flow")
         return ActionResult()
 
     async def stop_action(self, turn: Turn, params: Mapping[str, Any]) -> ActionResult:
@@ -58,9 +60,10 @@ class NurtureHooks:
 
     async def signal(self, turn: Turn, kind: str, value: str) -> None:
         """A tag or a stage: exits first (a stage change ends what watched for one), then enrolments."""
-        session, customer = turn.session, turn.customer
+        session, customer, facts = turn.session, turn.customer, turn.facts
         now = utcnow()
-        for enrolment in await running_enrolments(session, customer.id):
+        none_running = facts is not None and not facts.running_enrolments  # not asked again
+        for enrolment in [] if none_running else await running_enrolments(session, customer.id):
             sequence = await self.catalog.get(session, enrolment.sequence, enrolment.version)
             if kind == "stage" and value in self.purchase_stages and enrolment.converted_at is None:
                 enrolment.converted_at = now
@@ -91,4 +94,10 @@ class NurtureHooks:
     async def _enrol_on(self, turn: Turn, kind: str, value: str) -> None:
         for sequence, version in await self.catalog.live(turn.session):
             if any(k == kind and (v == value or (kind == "contact_added" and v == "any")) for k, v in sequence.enroll):
-                await enrol(turn.session, turn.customer.id, sequence, version, f"{kind}:{value}", self.zone)
+                await self._enrol(turn, sequence, version, f"{kind}:{value}")
+
+    async def _enrol(self, turn: Turn, sequence: NurtureSequence, version: int, source: str) -> None:
+        """Enrol the turn's customer; from here on the turn's facts say so (a later signal asks again)."""
+        await enrol(turn.session, turn.customer.id, sequence, version, source, self.zone)
+        if turn.facts is not None and not turn.facts.running_enrolments:
+            turn.facts = replace(turn.facts, running_enrolments=True)

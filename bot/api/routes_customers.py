@@ -20,6 +20,7 @@ from bot.api.auth import ApiContext, context
 from bot.api.errors import ApiError, path_id, read_json, read_query
 from bot.effects_writer import write_effects
 from core.events import InboundEvent
+from crm_store.customer_facts import CustomerFacts
 from crm_store.customer_queries import CustomerRow, current_customer, customer_card, find_customers
 from crm_store.lifecycle import StageNotAllowed, set_stage
 from crm_store.models import Customer, as_utc
@@ -193,16 +194,17 @@ async def locked_customer(session: AsyncSession, customer_id: int) -> Customer:
     return locked
 
 
-async def follow_stage(ctx: ApiContext, session: AsyncSession, customer: Customer, stage: str, dedup: str) -> int:
+async def follow_stage(ctx: ApiContext, session: AsyncSession, customer: Customer, stage: str, dedup: str,
+                       facts: CustomerFacts | None = None) -> int:
     """A stage change made outside a chat, followed by the same pipeline as one a flow makes (sequences,
     referral conversion, rewards, a flow the stage starts); messages queued.
 
     The customer is not in a chat turn, so what would have been a reply to them is a notification
-    where they last chatted.
+    where they last chatted. `facts`: what was read with the customer (None: the stages ask).
     """
     event = InboundEvent(channel="api", kind="stage_changed", dedup_key=dedup, sender=str(customer.id),
                          extra={"name": "api.stage"})
-    turn = Turn(session, event, customer, signals=[("stage", stage)])
+    turn = Turn(session, event, customer, facts=facts, signals=[("stage", stage)])
     effects = await ctx.domain.pipeline.run(turn)
     return await write_effects(session, f"{dedup}:{stage}", event, customer, effects,
                                ctx.runtime.settings.wecom.app.agent_id)

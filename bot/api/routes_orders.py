@@ -6,6 +6,12 @@ the customer to the first purchase stage (`customer`) or, for a purchaser, the r
 conversions; a purchaser is no longer a new customer for new-customers-only group-buys) and
 queues the notifications, all in one transaction. A redelivery with the same body gets the
 same answer (200 instead of 201) and changes nothing; another body under the same id is a 409.
+
+An order's transaction asks the store little (crm_store/orders.py): the customer is read and
+locked with the order's earlier delivery, if any, and the published release in one statement;
+the order's INSERT … ON CONFLICT DO NOTHING tells a first purchase from a repeat and makes a
+delivery arriving twice at once harmless; the stage move is two Core statements; every timeline
+row of the order is written in one INSERT at the end.
 """
 
 from __future__ import annotations
@@ -18,16 +24,22 @@ from typing import Literal
 
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, field_validator, model_validator
-from sqlalchemy import exists, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.api.auth import ApiContext, context, principal
 from bot.api.errors import ApiError, read_json
-from bot.api.routes_customers import Moment, Strict, follow_stage, locked_customer
-from crm_store.api_models import Order
-from crm_store.customers import find_identity, record
-from crm_store.lifecycle import set_stage
+from bot.api.routes_customers import Moment, Strict, follow_stage
+from crm_store.customers import hold_timeline, record, write_timeline
+from crm_store.lifecycle import move_locked_stage
+from crm_store.orders import (
+    OrderCustomer,
+    OrderExists,
+    StoredOrder,
+    insert_order,
+    lock_order_customer,
+    save_result,
+    stored_order,
+)
 
 FIRST_PURCHASE, REPEAT_PURCHASE = "customer", "repeat"
 Money = Decimal
@@ -106,65 +118,64 @@ async def post_order(request: web.Request) -> web.Response:
     fingerprint = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
     try:
         async with ctx.runtime.sessions.begin() as session:
-            replay = await _replay(session, caller.name, order.order_id, fingerprint)
-            if replay is not None:
-                return replay
             result = await _record_order(ctx, session, caller.name, order, fingerprint)
-    except IntegrityError:  # the same order arrived twice at once: the other delivery won
-        async with ctx.runtime.sessions() as session:
-            replay = await _replay(session, caller.name, order.order_id, fingerprint)
-        if replay is None:
-            raise
-        return replay
+    except OrderExists as exists:  # rolled back: nothing of this delivery is written
+        return _replay(exists.stored, order.order_id, fingerprint)
     return web.json_response(text=result.model_dump_json(), status=201)
 
 
-async def _replay(session: AsyncSession, source: str, order_id: str, fingerprint: str) -> web.Response | None:
-    existing = await session.scalar(select(Order).where(Order.source == source, Order.order_id == order_id))
-    if existing is None:
-        return None
-    if existing.request_sha256 != fingerprint:
+def _replay(stored: StoredOrder, order_id: str, fingerprint: str) -> web.Response:
+    if stored.request_sha256 != fingerprint:
         raise ApiError(409, "order_conflict", f"order {order_id!r} was already received with a different body",
                        {"order_id": order_id})
-    return web.json_response(existing.result, status=200, headers={"Idempotent-Replayed": "true"})
+    return web.json_response(stored.result, status=200, headers={"Idempotent-Replayed": "true"})
 
 
 async def _record_order(ctx: ApiContext, session: AsyncSession, source: str, order: OrderIn, fingerprint: str
                         ) -> OrderResult:
-    customer = await locked_customer(session, await _customer_id(session, order.customer))
-    purchaser = customer.stage in ctx.runtime.settings.growth.purchase_stages or bool(await session.scalar(
-        exists().where(Order.customer_id == customer.id).select()))
-    row = Order(source=source, order_id=order.order_id, customer_id=customer.id,
-                amount_cents=int(order.amount * 100), currency=order.currency, status="paid",
-                items=[item.model_dump(mode="json") for item in order.items], request_sha256=fingerprint,
-                paid_at=order.paid_at)
-    session.add(row)
-    await session.flush()  # a concurrent duplicate fails here, before anything else is written
+    """The order, its stage move and what the stage's handlers do, with the timeline written once at the end."""
+    found = await _locked_customer(session, source, order)
+    if found.stored is not None:
+        raise OrderExists(found.stored)
+    customer = found.customer
+    row = await insert_order(session, source, order.order_id, customer.id, amount_cents=int(order.amount * 100),
+                             currency=order.currency, items=[item.model_dump(mode="json") for item in order.items],
+                             request_sha256=fingerprint, paid_at=order.paid_at)
+    purchaser = customer.stage in ctx.runtime.settings.growth.purchase_stages or row.bought_before
     before = customer.stage
     target = REPEAT_PURCHASE if purchaser else FIRST_PURCHASE
     changed, sent = False, 0
+    hold_timeline(session)
     if target in ctx.lifecycle.stage_ids:
-        changed = await set_stage(session, customer, target, f"order:{source}:{order.order_id}", ctx.lifecycle,
-                                  force=True)
+        changed = await move_locked_stage(session, customer, target, f"order:{source}:{order.order_id}",
+                                          ctx.lifecycle, force=True)
     if changed:
-        sent = await follow_stage(ctx, session, customer, target, f"api:order:{row.id}")
+        sent = await follow_stage(ctx, session, customer, target, f"api:order:{row.id}", row.facts(found.facts))
     await record(session, customer.id, "order.paid", {"order_id": order.order_id, "source": source,
                                                       "amount": str(order.amount), "currency": order.currency})
     result = OrderResult(order_id=order.order_id, source=source, customer_id=customer.id, amount=str(order.amount),
                          currency=order.currency, purchase="repeat" if purchaser else "first", stage_before=before,
                          stage=customer.stage, stage_changed=changed, notifications=sent, created_at=row.created_at)
-    row.result = json.loads(result.model_dump_json())
+    await save_result(session, row.id, json.loads(result.model_dump_json()))
+    await write_timeline(session)
     return result
 
 
-async def _customer_id(session: AsyncSession, ref: CustomerRef) -> int:
+async def _locked_customer(session: AsyncSession, source: str, order: OrderIn) -> OrderCustomer:
+    """The customer, locked, with the order if it came before; a 404 only for an order never received
+    (a stored order is answered, or refused as a conflict, whoever its body names now)."""
+    ref = order.customer
     if ref.id is not None:
-        return ref.id
-    kind, external_id = ("wecom", ref.external_userid) if ref.external_userid is not None else ("oa", ref.openid)
-    identity = await find_identity(session, kind, external_id or "")
-    if identity is None:
-        raise ApiError(404, "customer_not_found", f"no customer with {kind} id {external_id!r}")
-    return identity.customer_id
+        found = await lock_order_customer(session, source, order.order_id, customer_id=ref.id)
+        missing = ApiError(404, "not_found", f"no customer {ref.id}")
+    else:
+        kind, external_id = ("wecom", ref.external_userid) if ref.external_userid is not None else ("oa", ref.openid)
+        found = await lock_order_customer(session, source, order.order_id, identity=(kind, external_id or ""))
+        missing = ApiError(404, "customer_not_found", f"no customer with {kind} id {external_id!r}")
+    if found is None:
+        stored = await stored_order(session, source, order.order_id)
+        raise missing if stored is None else OrderExists(stored)
+    return found
 
 
 def add_routes(api: web.Application) -> None:

@@ -44,8 +44,9 @@ class SignalFollower:
         for kind, value in signals:
             await self.nurture.signal(turn, kind, value)
             if kind == "stage":
+                invited = turn.facts is None or turn.facts.invited
                 turn.effects.extend(await self.growth.stage_reached(turn.session, turn.customer, value,
-                                                                    turn.customer.id))
+                                                                    turn.customer.id, invited))
 
     @staticmethod
     def _running(turn: Turn) -> bool:
