@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.quota import as_oa_text
 from core.events import InboundEvent, KfState, MediaAttachment, Reply, ToRep
 from core.reply_address import ReplyAddress
-from crm_store.models import Customer, OutboxItem
+from crm_store.models import Customer, Lane, OutboxItem
 
 # kind -> (credential name, API path, safe to resend after a crash mid-send)
 OUTBOX_KINDS: dict[str, tuple[str, str, bool]] = {
@@ -242,11 +242,12 @@ def _oa_content(reply: Reply) -> dict[str, Any]:
 
 
 def queue_call(session: AsyncSession, dedup_key: str, call: OutboundCall, customer_id: int | None = None,
-               queue_key: str = "") -> None:
+               queue_key: str = "", *, lane: Lane) -> None:
     """The outbox row for `call`: sent once per `dedup_key`, one at a time per queue key (the customer's,
-    unless another is named: a rep's)."""
+    unless another is named: a rep's), before the rows of later lanes (every caller names its lane: who
+    goes in which is listed at crm_store/models.py `Lane`)."""
     session.add(OutboxItem(dedup_key=dedup_key, queue_key=queue_key or f"customer:{customer_id}", kind=call.kind,
-                           payload=call.payload, customer_id=customer_id))
+                           payload=call.payload, customer_id=customer_id, lane=int(lane)))
 
 
 def effect_key(origin_key: str, index: int) -> str:

@@ -28,10 +28,10 @@ from bot.delivery import (
 from bot.quota import Ledger, held_back, merged, within
 from core import metrics
 from core.allowance import KF_ENDED, KF_SERVED, QUOTA_CHANNELS
-from core.events import Effect, InboundEvent, Note, Notify, Reply, SideEffect, ToRep
+from core.events import OUTSIDE_THE_CHAT, Effect, InboundEvent, Note, Notify, Reply, SideEffect, ToRep
 from crm_store.allowances import hold, take_held
 from crm_store.customers import record
-from crm_store.models import Customer
+from crm_store.models import Customer, Lane
 
 
 async def write_effects(
@@ -97,6 +97,11 @@ class _TurnWriter:
     def channel(self) -> str:
         return self.event.channel
 
+    @property
+    def reply_lane(self) -> Lane:
+        """The customer who wrote waits for the answer; a timer's or another system's turn has nobody waiting."""
+        return Lane.TRANSACTIONAL if self.event.kind in OUTSIDE_THE_CHAT else Lane.REPLY
+
     async def start(self) -> None:
         """What the customer's action earned (and, kf, what it says of the session)."""
         self.welcome = welcome_of(self.event)
@@ -124,19 +129,19 @@ class _TurnWriter:
         messages, self.pending = merged(self.pending, self.channel), []
         sending, kept_back = within(messages, await self.budget())
         for reply in sending:
-            await self._queue(reply, "outbound.reply")
+            await self._queue(reply, "outbound.reply", self.reply_lane)
         if kept_back:
             await record(self.session, self.customer.id, "reply.held_back",
                          held_back(kept_back, "the platform allows no more messages after this customer action"))
 
-    async def _queue(self, reply: Reply, note: str, dedup_key: str = "", about: str = "") -> bool:
+    async def _queue(self, reply: Reply, note: str, lane: Lane, dedup_key: str = "", about: str = "") -> bool:
         call = reply_call(self.event.reply_address, reply, self.agent_id, self.welcome)
         if call is None:
             await record(self.session, self.customer.id, "reply.undeliverable", {"channel": self.channel})
             return False
         if call.kind in WELCOME_KINDS:
             self.welcome = None  # single use (a media reply does not use it: the code carries text only)
-        queue_call(self.session, dedup_key or self.next_key(), call, self.customer.id)
+        queue_call(self.session, dedup_key or self.next_key(), call, self.customer.id, lane=lane)
         await self.ledger.spend(self.customer.id, self.channel, call.kind)
         data: dict[str, object] = {"text": reply.text[:200], "via": call.kind, **({"about": about} if about else {})}
         if reply.media is not None:
@@ -152,7 +157,8 @@ class _TurnWriter:
             return
         held, stale = await take_held(self.session, self.customer.id, left if left is not None else 0)
         for message in held:
-            await self._queue(Reply(message.text), "outbound.notify", f"held:{message.dedup_key}", message.about)
+            await self._queue(Reply(message.text), "outbound.notify", Lane.TRANSACTIONAL, f"held:{message.dedup_key}",
+                              message.about)
             metrics.QUOTA_DECISIONS.labels(message.about or "notify", "released").inc()
         if stale:
             await record(self.session, self.customer.id, "notify.dropped", {"reason": "held too long", "count": stale})
@@ -171,7 +177,7 @@ async def write_side_effect(session: AsyncSession, dedup_key: str, effect: SideE
         own.put(effect.customer_id, (await own.get(effect.customer_id, "kf")).in_session(effect.state))
         if ledger is None:
             await own.flush()
-    queue_call(session, dedup_key, call, customer_id, queue_key)
+    queue_call(session, dedup_key, call, customer_id, queue_key, lane=Lane.TRANSACTIONAL)
     return 1
 
 
@@ -196,7 +202,7 @@ async def write_notification(session: AsyncSession, dedup_key: str, notify: Noti
                                                                   "text": notify.text[:200]})
         metrics.QUOTA_DECISIONS.labels(notify.reason or "notify", "held").inc()
         return 0
-    queue_call(session, dedup_key, call, notify.customer_id)
+    queue_call(session, dedup_key, call, notify.customer_id, lane=Lane.TRANSACTIONAL)
     await own.spend(notify.customer_id, channel, call.kind)
     if ledger is None:
         await own.flush()

@@ -30,7 +30,7 @@ from crm_store.handoff_models import Handoff
 from crm_store.handoffs import open_handoff_of
 from crm_store.media_items import MediaItem
 from crm_store.media_store import StoredMedia
-from crm_store.models import Customer, as_utc
+from crm_store.models import Customer, Lane, as_utc
 from flows.handoff_desk import MEDIA_LABELS
 
 log = logging.getLogger("scrm.media")
@@ -56,11 +56,12 @@ class RepMedia:
         msgtype = "image" if item.kind == "image" and content_type in APP_IMAGE_TYPES else "file"
         filename = item.filename or stored.filename
         queue_call(session, f"media:{item.id}#0", rep_media_call(rep, self.agent_id, msgtype, stored.key, filename),
-                   queue_key=f"rep:{rep}")
+                   queue_key=f"rep:{rep}", lane=Lane.TRANSACTIONAL)
         text = f"{name}（{item.customer_id}）发来{MEDIA_LABELS.get(item.kind, '文件')}" + (f"「{filename}」" if filename else "")
         link = self.link(item.id)
         text += f'：<a href="{link}">查看原件</a>（{self.link_days} 天内有效）' if link else "。"
-        queue_call(session, f"media:{item.id}#1", rep_call(ToRep(rep, text), self.agent_id), queue_key=f"rep:{rep}")
+        queue_call(session, f"media:{item.id}#1", rep_call(ToRep(rep, text), self.agent_id), queue_key=f"rep:{rep}",
+                   lane=Lane.TRANSACTIONAL)
         await record(session, item.customer_id, "media.forwarded", {"item_id": item.id, "rep": rep, "as": msgtype,
                                                                     "handoff": handoff.id})
         log.info("media.forward.queued item=%s rep=%s as=%s", item.id, rep, msgtype)

@@ -38,7 +38,7 @@ from core.sequences import Condition, NurtureSequence
 from core.templates import parse_template, render
 from crm_store.enrolments import schedule_step
 from crm_store.lifecycle import Lifecycle
-from crm_store.models import Customer, as_utc, utcnow
+from crm_store.models import Customer, Lane, as_utc, utcnow
 from crm_store.nurture_models import Enrolment, NurtureSend
 from crm_store.nurture_settings import NurtureSettings
 
@@ -185,7 +185,7 @@ class NurtureDispatcher:
             return self._defer(send, now + timedelta(seconds=self.settings.quota_recheck_s), NO_QUOTA, outcome)
         if route.call is None:
             return self._skip(session, send, enrolment, sequence, now, f"no channel: {route.why}", outcome)
-        queue_call(session, f"nurture:{send.id}", route.call, customer.id)
+        queue_call(session, f"nurture:{send.id}", route.call, customer.id, lane=Lane.MARKETING)
         count, oldest = batch.recent.get(customer.id, (0, now))
         batch.recent[customer.id] = (count + 1, min(oldest, now))
         if route.spends:

@@ -1,7 +1,9 @@
 """A loop that claims items from a work queue (inbox or outbox) and handles them concurrently.
 
 It wakes at once when told new work arrived in this process (`wake()`), and polls so
-that work stored by other instances, or put back for a retry, is found too. Stopping
+that work stored by other instances, or put back for a retry, is found too. While a backlog
+lasts it claims once a quarter of its slots are free: a claim transaction per batch, not one
+per finished item. Stopping
 finishes what is in flight; anything left is claimed again after a restart.
 
 Work this process stores can skip the claim: whoever stores it (a callback, a kf pull,
@@ -46,8 +48,10 @@ class QueueRunner(Generic[Item]):
         self.concurrency = concurrency
         self.poll_interval_s = poll_interval_s
         self.claim_ttl_s = claim_ttl_s
+        self.claim_batch = max(1, concurrency // 4)  # with a backlog, claim once this many slots are free
         self.in_flight: set[asyncio.Task[None]] = set()
         self.paused_until = 0.0
+        self.lanes_paused: dict[int, float] = {}  # outbox lane -> until when it and later lanes are not claimed
         self._wake = asyncio.Event()
         self._stopping = False
         self._running = 0  # the loop and drains under way: while none is, nothing is handed over
@@ -91,11 +95,11 @@ class QueueRunner(Generic[Item]):
 
     async def claim_and_start(self) -> int:
         free = self._free()
-        if free <= 0:
-            return 0
+        if free <= 0 or (self._backlog and self.in_flight and free < self.claim_batch):
+            return 0  # a backlog is claimed a batch at a time, not a transaction per finished item
         wakes = self._wakes
         async with self.sessions() as session:
-            claimed = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s)
+            claimed = await work_queue.claim_heads(session, self.model, free, self.claim_ttl_s, self._below_lane())
         if "store" in FAULTS.outages:
             FAULTS.cleared("store")
         self._more = self._wakes != wakes  # what was stored during the claim may be unseen by it
@@ -131,9 +135,19 @@ class QueueRunner(Generic[Item]):
             self._queue_of[task] = item.queue_key
             task.add_done_callback(self._done)
 
-    def pause(self, seconds: float) -> None:
-        """Stop claiming for a while (the API asked us to slow down)."""
-        self.paused_until = max(self.paused_until, asyncio.get_running_loop().time() + seconds)
+    def pause(self, seconds: float, lane: int | None = None) -> None:
+        """Stop claiming for a while (the API asked us to slow down); with `lane`, only the outbox rows of that
+        lane and later ones (marketing used its share of a budget: replies still go)."""
+        until = asyncio.get_running_loop().time() + seconds
+        if lane is None:
+            self.paused_until = max(self.paused_until, until)
+        else:
+            self.lanes_paused[lane] = max(self.lanes_paused.get(lane, 0.0), until)
+
+    def _below_lane(self) -> int | None:
+        """Claim only lanes below this one (None: every lane): the first lane still paused."""
+        now = asyncio.get_running_loop().time()
+        return min((lane for lane, until in self.lanes_paused.items() if until > now), default=None)
 
     async def _run_one(self, item: Item) -> None:
         try:

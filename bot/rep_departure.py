@@ -35,7 +35,7 @@ from crm_store.db import create_engine, session_factory
 from crm_store.handoff_models import Rep
 from crm_store.handoffs import handoffs_of_rep
 from crm_store.lifecycle import Lifecycle
-from crm_store.models import Customer, Identity, utcnow
+from crm_store.models import Customer, Identity, Lane, utcnow
 from crm_store.reps import LOADED, mark_left
 from flows.handoff_desk import HandoffDesk
 
@@ -150,7 +150,7 @@ async def _move(session: AsyncSession, desk: HandoffDesk, userid: str, takeover:
             chunk = ids[start:start + TRANSFER_BATCH]
             payload: dict[str, Any] = {"handover_userid": userid, "takeover_userid": heir, "external_userid": chunk}
             queue_call(session, f"depart:{userid}:{heir}:{start}", OutboundCall(TRANSFER_KIND, payload),
-                       queue_key=f"rep:{userid}")
+                       queue_key=f"rep:{userid}", lane=Lane.TRANSACTIONAL)
             transferred += len(chunk)
     await session.flush()
     return Departure(userid, dict(takeovers), moved, queued, transferred, len(unassigned))

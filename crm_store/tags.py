@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customers import record
 from crm_store.dialect_insert import dialect_insert
-from crm_store.models import Customer, CustomerTag, Identity, OutboxItem, Tag, utcnow
+from crm_store.models import Customer, CustomerTag, Identity, Lane, OutboxItem, Tag, utcnow
 
 MARK_TAG = "contacts.mark_tag"
 
@@ -146,6 +146,7 @@ async def _changed(
             kind=MARK_TAG,
             payload=payload,
             customer_id=customer.id,
+            lane=Lane.TRANSACTIONAL,
         )
     )
 

@@ -24,7 +24,7 @@ from sqlalchemy import ColumnElement, delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.dialect_insert import dialect_insert
-from crm_store.models import OutboxItem, TimelineEvent, as_utc, utcnow
+from crm_store.models import Lane, OutboxItem, TimelineEvent, as_utc, utcnow
 from crm_store.webhook_models import WebhookCursor, WebhookDelivery, WebhookEndpoint
 from crm_store.work_queue import insert_ignoring_duplicates
 
@@ -116,7 +116,8 @@ def ping_body() -> dict[str, Any]:
 def outbox_row(endpoint_id: int, body: dict[str, Any], dedup_key: str) -> dict[str, Any]:
     customer = body["customer_id"]
     return {"dedup_key": dedup_key, "queue_key": f"webhook:{endpoint_id}:{customer or 0}", "kind": WEBHOOK_POST,
-            "payload": {"endpoint_id": endpoint_id, "event": body}, "customer_id": customer}
+            "payload": {"endpoint_id": endpoint_id, "event": body}, "customer_id": customer,
+            "lane": int(Lane.TRANSACTIONAL)}
 
 
 async def add_endpoint(session: AsyncSession, url: str, events: Sequence[str], secret: str | None = None
