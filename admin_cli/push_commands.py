@@ -7,9 +7,11 @@ options here are shared with `scrm sequences enroll`. Times are the brand's
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,7 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from admin_cli.common import in_store, json_option, table
 from admin_cli.main import cli, echo_json, settings_of
+from bot.api_budget import ApiBudgets
 from bot.settings import Settings
+from core.api_budget import Platform
+from core.shared_state import open_shared_state
 from core.templates import parse_template, render
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import as_utc, utcnow
@@ -30,10 +35,13 @@ from crm_store.pushes import (
     check_push,
     create_push,
     list_pushes,
+    pending_by_channel,
     push_results,
 )
 from crm_store.segments import SampleCustomer, Segment, SegmentError, checked_segment, count_and_sample
 
+# The API a push's send spends, by the channel its customer last chatted on (bot/delivery.py: notify_call).
+PUSH_APIS: dict[str, tuple[Platform, str]] = {"kf": ("wecom", "kf/send_msg"), "oa": ("oa", "message/custom/send")}
 SEGMENT_KEYS = ("tags", "any_tags", "not_tags", "stages", "social_min", "active_within_days", "inactive_for_days",
                 "channel", "reachable")
 _SEGMENT_OPTIONS = (
@@ -249,27 +257,75 @@ def list_command(ctx: click.Context, limit: int, as_json: bool) -> None:
 @click.pass_context
 def show(ctx: click.Context, push_id: int, as_json: bool) -> None:
     """One push and its results: sent (by channel), replied, pending (what waits, and for what), skipped and
-    failed with their reasons.
+    failed with their reasons; and, when WeChat's API budget cannot send the pending at once, about when it will.
 
     Example: scrm push show 3
     """
     settings = settings_of(ctx)
     zone = ZoneInfo(settings.nurture.timezone)
+
+    async def work(session: AsyncSession) -> tuple[PushResults, dict[str, int]]:
+        return await push_results(session, push_id), await pending_by_channel(session, push_id)
+
     try:
-        results = in_store(settings, lambda session: push_results(session, push_id))
+        results, pending_via = in_store(settings, work)
     except PushError as exc:
         raise click.ClickException(str(exc)) from None
     push = results.push
+    finish = budget_finish(settings, pending_via, max(utcnow(), as_utc(push.scheduled_at)))
     if as_json:
         echo_json(_push_data(push) | {"pending": results.pending, "sent": results.sent, "replied": results.replied,
                                       "waiting": results.waiting, "skipped": results.skipped,
-                                      "failed": results.failed, "via": results.via})
+                                      "failed": results.failed, "via": results.via,
+                                      "budget_finish_at": finish.at if finish else None})
         return
     click.echo(f"push {push.id} {push.name!r} ({push.status}) at {_local(push.scheduled_at, zone)} ({zone.key}), "
                f"by {push.created_by or '-'}")
     click.echo(f"segment: {Segment.from_data(push.segment).describe()}")
     click.echo(f"text: {push.text}")
     _print_results(results)
+    if finish is not None:
+        click.echo(f"finishes about {_local(finish.at, zone)} ({zone.key}): {finish.pending:,} pending through "
+                   f"{finish.api}, which allows pushes {finish.pace} (WeChat's limit × sender.budget_share "
+                   f"{settings.sender.budget_share:g} × sender.marketing_share {settings.sender.marketing_share:g})")
+
+
+@dataclass(frozen=True)
+class BudgetFinish:
+    """When a push's pending sends are through, at the pace of the slowest API budget they spend."""
+
+    at: datetime
+    pending: int
+    api: str
+    pace: str  # "475,000 a day"
+
+
+def budget_finish(settings: Settings, pending_via: dict[str, int], start: datetime) -> BudgetFinish | None:
+    """The pending sends ÷ what each API's budget allows (what is left in its windows now, then its daily or
+    hourly pace), from `start`; None when every budget covers them at once."""
+
+    async def estimate() -> BudgetFinish | None:
+        state = open_shared_state(settings.redis.url or None)  # the senders' counts, when they share Redis
+        try:
+            # a push's sends are marketing: they stop at sender.marketing_share of each budget
+            budgets, slowest = ApiBudgets(state, settings.sender.budget_share * settings.sender.marketing_share), None
+            for channel, pending in pending_via.items():
+                if channel not in PUSH_APIS:
+                    continue
+                platform, path = PUSH_APIS[channel]
+                account = settings.wecom.corp_id if platform == "wecom" else settings.oa.app_id
+                seconds, budget = await budgets.seconds_to_send(platform, account, path, pending), \
+                    budgets.budget_of(platform, account, path)
+                if seconds > 0 and budget is not None and (slowest is None or seconds > slowest[0]):
+                    slowest = (seconds, pending, path, budget.pace())
+        finally:
+            await state.close()
+        if slowest is None:
+            return None
+        seconds, pending, path, pace = slowest
+        return BudgetFinish(start + timedelta(seconds=seconds), pending, path, pace)
+
+    return asyncio.run(estimate())
 
 
 def _print_results(results: PushResults) -> None:
@@ -298,5 +354,5 @@ def cancel(ctx: click.Context, push_id: int) -> None:
     click.echo(f"push {push_id} cancelled: {skipped} pending message(s) will not be sent")
 
 
-__all__ = ["admin_name", "brand_time", "preview_text", "push_group", "sample_data", "segment_of", "segment_options",
+__all__ = ["admin_name", "budget_finish", "brand_time", "preview_text", "push_group", "sample_data", "segment_of", "segment_options",
            "segment_required"]

@@ -5,7 +5,7 @@ For groups that existed before the bot (or events it missed): `groupchat/list` p
 (https://developer.work.weixin.qq.com/document/path/92122) with `sync_concurrency` calls in
 flight, applied in batches of one transaction each. Each API is paced under `calls_per_minute`
 (WeCom limits each API per enterprise per minute, 45009 beyond), leaving room for the bot's
-own calls. A `group_chat_syncs` row keeps the cursor of the next page once a page is stored,
+own calls, and within the API's budget shared by every process (bot/api_budget.py). A `group_chat_syncs` row keeps the cursor of the next page once a page is stored,
 so a sync stopped by a crash or an API outage continues where it was with the next
 `full_sync()`; the page it was in is read again, which applying a group twice makes harmless.
 A sync only adds and updates: a group WeCom no longer lists is left as it is (dismissals come
@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
 import aiohttp
@@ -38,7 +39,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.group_chat_api import UnknownGroupChat, list_groups, read_group
+from bot.api_budget import ApiBudgets
+from bot.group_chat_api import GET_PATH, LIST_PATH, UnknownGroupChat, list_groups, read_group
 from bot.runtime import build_apis
 from bot.settings import Settings
 from bot.wechat_api import ApiError, RetryableApiError, WeChatApi
@@ -68,14 +70,18 @@ class SyncTakenOver(RuntimeError):
 
 class Pacer:
     """At most `per_minute` calls in any 60 s (a sliding window): a call waits for the oldest to age out.
+    That is this process's pace, leaving room for the bot's own calls; `shared` then waits for the API's
+    budget that every process spends (bot/api_budget.py), so several syncs and senders stay under WeCom's limit.
 
     A few lines rather than a dependency: no rate limiter is among the project's dependencies."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 shared: Callable[[], Awaitable[None]] | None = None) -> None:
         self.per_minute = per_minute
         self.clock = clock
         self.sleep = sleep
+        self.shared = shared
         self.sent: deque[float] = deque()
         self._lock = asyncio.Lock()
 
@@ -87,8 +93,10 @@ class Pacer:
                     self.sent.popleft()
                 if len(self.sent) < self.per_minute:
                     self.sent.append(now)
-                    return
+                    break
                 await self.sleep(self.sent[0] + WINDOW_S - now)
+        if self.shared is not None:
+            await self.shared()
 
 
 @dataclass(frozen=True)
@@ -133,12 +141,17 @@ class _Run:
 
 async def full_sync(sessions: async_sessionmaker[AsyncSession], api: WeChatApi, settings: GroupChatSettings,
                     restart: bool = False, progress: Callable[[int], None] | None = None,
-                    retry_delays_s: Sequence[float] = RETRY_DELAYS_S, lease: timedelta = LEASE) -> SyncOutcome:
+                    retry_delays_s: Sequence[float] = RETRY_DELAYS_S, lease: timedelta = LEASE,
+                    budgets: ApiBudgets | None = None) -> SyncOutcome:
     """Sync every group; continues an unfinished sync unless `restart`. `progress` gets the groups done so far.
+    `budgets`: the shared API budgets (default: over the API's shared state, at the default share).
 
     Raises SyncAlreadyRunning while another process's sync holds a fresh lease."""
     started = time.monotonic()
-    run = await _start(sessions, settings, restart, retry_delays_s, lease)
+    budgets = budgets or ApiBudgets(api.state)
+    list_pacer, get_pacer = (Pacer(settings.calls_per_minute, shared=partial(budgets.wait, api.credential, path))
+                             for path in (LIST_PATH, GET_PATH))
+    run = await _start(sessions, restart, retry_delays_s, lease, (list_pacer, get_pacer))
     log.info("groupchat.sync.started id=%s resumed=%s cursor=%s", run.sync_id, run.resumed, bool(run.cursor))
     try:
         while True:
@@ -160,8 +173,8 @@ async def full_sync(sessions: async_sessionmaker[AsyncSession], api: WeChatApi, 
     return SyncOutcome(run.sync_id, "done", run.groups, run.calls, seconds, run.resumed)
 
 
-async def _start(sessions: async_sessionmaker[AsyncSession], settings: GroupChatSettings, restart: bool,
-                 retry_delays_s: Sequence[float], lease: timedelta) -> _Run:
+async def _start(sessions: async_sessionmaker[AsyncSession], restart: bool, retry_delays_s: Sequence[float],
+                 lease: timedelta, pacers: tuple[Pacer, Pacer]) -> _Run:
     """The unfinished sync to continue (the newest, when it is not done), or a new one; claimed by this run."""
     claim = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
@@ -180,8 +193,8 @@ async def _start(sessions: async_sessionmaker[AsyncSession], settings: GroupChat
                 session.add(latest)
             latest.status, latest.error, latest.claimed_by, latest.heartbeat_at = "running", "", claim, now
             await session.flush()
-            return _Run(latest.id, claim, latest.cursor, latest.groups, latest.calls, resumed,
-                        Pacer(settings.calls_per_minute), Pacer(settings.calls_per_minute), retry_delays_s)
+            return _Run(latest.id, claim, latest.cursor, latest.groups, latest.calls, resumed, *pacers,
+                        retry_delays_s)
     except IntegrityError as exc:  # uq_group_chat_syncs_running: another process started one this moment
         raise SyncAlreadyRunning("a sync is already running: another process started one at the same moment") from exc
 
@@ -324,7 +337,9 @@ async def full_sync_from(settings: Settings, restart: bool = False,
     try:
         async with aiohttp.ClientSession() as http:
             api = build_apis(settings, http, state)["wecom.contacts"]
-            return await full_sync(session_factory(engine), api, settings.groupchats, restart, progress)
+            budgets = ApiBudgets(state, settings.sender.budget_share)
+            return await full_sync(session_factory(engine), api, settings.groupchats, restart, progress,
+                                   budgets=budgets)
     finally:
         await state.close()
         await engine.dispose()

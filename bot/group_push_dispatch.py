@@ -7,7 +7,7 @@ https://developer.work.weixin.qq.com/document/path/92135) go in one `chat_type: 
       by `status = 'pending'`; groups that used their month's group messages (WeCom: as many as
       the month has days; counted from our own tasks, the groups' rows locked) → `limited` with
       the reason (never sent); the rest → `created` with `claimed_at`
-    call add_msg_template (paced to `calls_per_minute`)
+    call add_msg_template (paced to `calls_per_minute`, within the API's shared budget)
     store the msgid on the claimed targets (a second transaction)
 
 The rule for a crash between the call and storing the msgid: a `created` target without a
@@ -28,12 +28,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.api_budget import ApiBudgets
 from bot.group_push_recovery import CLAIM_STALE, ClaimRecovery, release_claim, store_msgid
 from bot.wechat_api import ApiError, WeChatApi
 from crm_store.group_chat_models import GroupChat, GroupPush, GroupPushTarget
@@ -83,17 +85,21 @@ class Claim:
 
 
 class Pacer:
-    """At most `per_minute` calls a minute from this process, evenly spaced (no bursts for WeCom to refuse)."""
+    """At most `per_minute` calls a minute from this process, evenly spaced (no bursts for WeCom to refuse);
+    `shared` then waits for the API's budget every process spends (bot/api_budget.py)."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, shared: Callable[[], Awaitable[None]] | None = None) -> None:
         self.interval = 60.0 / per_minute
         self.next_at = 0.0
+        self.shared = shared
 
     async def wait(self) -> None:
         now = time.monotonic()
         if self.next_at > now:
             await asyncio.sleep(self.next_at - now)
         self.next_at = max(now, self.next_at) + self.interval
+        if self.shared is not None:
+            await self.shared()
 
 
 def task_body(message: dict[str, Any], owner: str, chat_ids: Sequence[str]) -> dict[str, Any]:
@@ -116,15 +122,18 @@ def month_start(now: datetime, zone: ZoneInfo) -> datetime:
 
 class GroupPushDispatcher:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi, settings: GroupChatSettings,
-                 per_group_month: int | None = None, timezone: str = "Asia/Shanghai") -> None:
+                 per_group_month: int | None = None, timezone: str = "Asia/Shanghai",
+                 budgets: ApiBudgets | None = None) -> None:
         """`per_group_month`: the group messages a group may receive in a natural month; None: WeCom's rule now,
-        the month's number of days ("每月最多可接收条数为当月天数", document 92135)."""
+        the month's number of days ("每月最多可接收条数为当月天数", document 92135). `budgets`: the API budgets
+        shared by every process (default: over the API's shared state, at the default share)."""
         self.sessions = sessions
         self.api = api
         self.settings = settings
         self.per_group_month = per_group_month
         self.zone = ZoneInfo(timezone)
-        self.pacer = Pacer(settings.calls_per_minute)
+        self.pacer = Pacer(settings.calls_per_minute,
+                           partial((budgets or ApiBudgets(api.state)).wait, api.credential, GROUP_TASK))
         self.recovery = ClaimRecovery(sessions, api)
         # Called after WeCom answered and before the msgid is stored: where a crash is simulated in tests.
         self.on_task_created: Callable[[Claim, str], Awaitable[None]] | None = None

@@ -18,6 +18,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot.api_budget import ApiBudgets
 from bot.group_chat_events import GroupChatEvents
 from bot.group_join_ways import PersonalJoinWays
 from bot.group_sop_jobs import GroupPushJobs, build_group_push_jobs
@@ -117,8 +118,10 @@ class Runtime:
     ) -> Runtime:
         """`pipeline` replaces the assembled one (tests of the machinery around a turn); without it the
         domain is assembled from settings once, and every part that runs a turn gets the same one."""
-        worker_settings = settings.worker  # a turn holds its connection while Rasa answers: one each, and spare
-        pool_size = max(10, worker_settings.inbox_concurrency + worker_settings.outbox_concurrency + 4)
+        # A turn holds its connection while Rasa answers: one each. A send holds none during its call, and the
+        # outcomes of sends finishing together share one (bot/outcome_writer.py): a few for the sender, and spare.
+        worker_settings = settings.worker
+        pool_size = max(10, worker_settings.inbox_concurrency + min(worker_settings.outbox_concurrency, 8) + 4)
         engine = create_engine(settings.store.url, settings.store.echo, pool_size)
         count_store_work(engine)
         sessions = session_factory(engine)
@@ -164,8 +167,11 @@ class Runtime:
                                              on_join=domain.group_joins.joined if domain else None)
         webhooks = WebhookSender(sessions, http, worker_settings.max_attempts, worker_settings.retry_base_s)
         uploads = MediaUploads(apis, state, store, Path(settings.flows.directory), http)
+        budgets = (ApiBudgets(state, settings.sender.budget_share, settings.sender.budget_wait_s)  # shared by processes
+                   if settings.sender.budgets else None)
         sender = OutboxSender(sessions, apis, worker_settings.max_attempts, worker_settings.retry_base_s,
-                              webhooks=webhooks, finish_within_s=worker_settings.claim_ttl_s / 2, media=uploads)
+                              webhooks=webhooks, finish_within_s=worker_settings.claim_ttl_s / 2, media=uploads,
+                              budgets=budgets, marketing_share=settings.sender.marketing_share)
         webhook_feed = WebhookFeed(sessions, settings.flows.wake_interval_s)
         media_fetcher = MediaFetcher(sessions, apis, store, worker_settings.max_attempts,
                                      worker_settings.retry_base_s, settings.flows.wake_interval_s)

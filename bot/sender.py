@@ -8,11 +8,13 @@ undoable. That mark is written only when the request is about to leave (the toke
 hand): whatever fails before — Redis down, no token, the connection refused — left
 nothing at WeChat, so the row is put back and tried again. A row with media is uploaded first
 (bot/media_uploads.py), in its kind's `prepare` step.
+
+Before its call a row takes one call from the API's budget (bot/api_budget.py), shared by every
+sender process; with none left it is put back until there is, without using an attempt.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,19 +22,21 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.api_budget import ApiBudgets
 from bot.corp_tags import CorpTags
 from bot.delivery import FAREWELL, OUTBOX_KINDS, SAME_STATE, follow_up, too_late, with_idempotency_key
 from bot.media_uploads import MediaUploads
+from bot.outcome_writer import committed, note_writer, outcome_writer
 from bot.queue_runner import put_back_after_fault
 from bot.quota import SPENDS_ALLOWANCE
 from bot.webhook_sender import WebhookSender
 from bot.wechat_api import RATE_LIMITED, ApiError, NotSent, RetryableApiError, WeChatApi
 from core import metrics
 from core.allowance import QUOTA_REFUSALS, refusal_reason
-from core.faults import FAULTS, fault_component
 from crm_store import allowances, work_queue
 from crm_store.customers import record
-from crm_store.models import OutboxItem
+from crm_store.models import Lane, OutboxItem
+from crm_store.queue_batch import Note, Outcome
 from crm_store.webhooks import WEBHOOK_POST
 from crm_store.work_queue import ClaimLost
 
@@ -40,6 +44,7 @@ log = logging.getLogger("scrm.sender")
 
 CALL_STARTED = "call started"
 MEDIA_KINDS = ("kf.send_msg", "oa.custom_send", "app.message_send")  # kinds whose rows may carry media to upload
+MARKETING_PAUSE_MAX_S = 60.0  # marketing over its budget share: looked at again at least this often
 INVALID_MEDIA_ID = 40007  # the platform forgot an uploaded id (past its 3 days, or early)
 
 # Turns a stored payload into the API body just before the call; None: nothing to send.
@@ -57,14 +62,23 @@ class OutboxSender:
         webhooks: WebhookSender | None = None,
         finish_within_s: float = 30.0,
         media: MediaUploads | None = None,
+        budgets: ApiBudgets | None = None,
+        marketing_share: float = 1.0,
     ) -> None:
         self.sessions = sessions
+        self.budgets = budgets  # every sender process's calls to an API count against one budget
+        self.marketing_share = marketing_share  # of each budget marketing sends may fill: the rest waits for replies
+        for credential, path, _ in OUTBOX_KINDS.values():
+            if budgets is not None and credential in apis:  # left() shows every API the outbox calls, used or not
+                budgets.budget(apis[credential].credential, path)
         self.finish_within_s = finish_within_s  # recording an outcome is retried this long (under the claim ttl)
+        self.outcomes = outcome_writer(sessions, finish_within_s)
+        self.notes = note_writer(sessions, within_s=0)  # a note that cannot be written: the call does not leave
         self.apis = apis
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self.rate_limit_pause_s = rate_limit_pause_s
-        self.on_rate_limited = lambda seconds: None
+        self.on_rate_limited: Callable[[float, int | None], None] = lambda seconds, lane: None
         self.sent = 0
         self.prepare: dict[str, Prepare] = {}
         self.webhooks = webhooks  # "webhook.post" rows are HTTP posts to our endpoints, not WeChat API calls
@@ -92,10 +106,11 @@ class OutboxSender:
             log.warning("sender.too_late id=%s kind=%s", item.id, item.kind)
             await self._close(item, "failed", "not sent: the welcome code's 20 seconds had passed")
             return
+        if await self._over_budget(item, credential, path):
+            return
 
         async def leaving() -> None:  # the last moment before the request leaves: from here it may arrive
-            async with self.sessions() as session, session.begin():
-                await work_queue.note(session, item, CALL_STARTED)
+            await self.notes.submit(Note(item.id, str(item.claim_token), CALL_STARTED))
 
         try:
             payload: dict[str, Any] | None = body
@@ -129,6 +144,29 @@ class OutboxSender:
         self.sent += 1
         metrics.SENT.labels(item.kind).inc()
 
+    async def _over_budget(self, item: OutboxItem, credential: str, path: str) -> bool:
+        """No call left in the API's budget now: the row is put back until one is, its attempt given back (the
+        budget stopped it, not the row), and claiming pauses a moment, as after a 45009. A marketing row that
+        reached marketing's share pauses only the marketing lane, until the budget has room for it again:
+        replies and notices are still claimed and sent."""
+        if self.budgets is None:
+            return False
+        ceiling = self.marketing_share if item.lane == Lane.MARKETING else 1.0
+        later = await self.budgets.take(self.apis[credential].credential, path, ceiling=ceiling)
+        if later is None:
+            return False
+        log.debug("sender.over_budget id=%s kind=%s api=%s for_s=%.1f", item.id, item.kind, later.api, later.wait_s)
+        if ceiling < 1.0:
+            self.on_rate_limited(min(later.wait_s, MARKETING_PAUSE_MAX_S), Lane.MARKETING)
+        else:
+            self.on_rate_limited(min(later.wait_s, self.rate_limit_pause_s), None)
+        reason = f"waiting for the {later.api} budget ({later.wait_s:.0f} s)"
+        try:
+            await self._record(lambda session: work_queue.retry_later(session, item, later.wait_s, reason, refund=True))
+        except ClaimLost:
+            log.warning("sender.claim_lost id=%s", item.id)
+        return True
+
     async def _send_webhook(self, item: OutboxItem) -> None:
         if self.webhooks is None:
             await self._close(item, "failed", "webhooks are not set up in this sender")
@@ -161,7 +199,7 @@ class OutboxSender:
             await self._refused(item, exc, reason)
             return
         if exc.errcode == RATE_LIMITED:
-            self.on_rate_limited(self.rate_limit_pause_s)
+            self.on_rate_limited(self.rate_limit_pause_s, None)
         if exc.retryable and item.attempts < self.max_attempts:
             delay = work_queue.backoff_s(item.attempts, self.retry_base_s)
             log.warning("sender.retry id=%s kind=%s %s in %.0fs", item.id, item.kind, reason, delay)
@@ -192,25 +230,11 @@ class OutboxSender:
             log.warning("sender.claim_lost id=%s", item.id)
 
     async def _close(self, item: OutboxItem, status: str, error: str | None) -> None:
-        try:
-            await self._record(lambda session: work_queue.finish(session, item, status, error))
-        except ClaimLost:
+        """The outcome, committed with those of the other sends finishing now (bot/outcome_writer.py)."""
+        if not await self.outcomes.submit(Outcome(item.id, str(item.claim_token), status, error)):
             log.warning("sender.claim_lost id=%s", item.id)
 
     async def _record(self, write: Callable[[AsyncSession], Awaitable[None]]) -> None:
         """Write an outcome. The call has been made (or refused): while the store is restarting, try
         again for as long as the claim lasts rather than leave the row looking interrupted mid-call."""
-        deadline = time.monotonic() + self.finish_within_s
-        while True:
-            try:
-                async with self.sessions() as session, session.begin():
-                    await write(session)
-                return
-            except ClaimLost:
-                raise
-            except Exception as exc:
-                component = fault_component(exc)
-                if component is None or time.monotonic() >= deadline:
-                    raise
-                FAULTS.seen(component, "outbox.finish", exc, retry="each second while the claim lasts")
-                await asyncio.sleep(1.0)
+        await committed(self.sessions, write, self.finish_within_s)

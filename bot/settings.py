@@ -20,6 +20,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from core.api_budget import DEFAULT_SHARE, MAX_WAIT_S
 from crm_store.group_chat_settings import GroupChatSettings
 from crm_store.growth_settings import GrowthSettings
 from crm_store.handoff_settings import HandoffSettings
@@ -117,11 +118,26 @@ class OaSettings(_Section):
 
 class WorkerSettings(_Section):
     inbox_concurrency: int = Field(default=8, ge=1)
-    outbox_concurrency: int = Field(default=8, ge=1)
+    outbox_concurrency: int = Field(default=32, ge=1)
     poll_interval_s: float = Field(default=0.5, gt=0)
     claim_ttl_s: float = Field(default=60.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
     retry_base_s: float = Field(default=1.0, gt=0)
+
+
+class SenderSettings(_Section):
+    """The outbox sender's share of each WeChat API budget (docs/quotas.md): WeCom's 10,000 calls a minute and
+    150,000 an hour per API and enterprise, the OA's daily limits. Below 1 leaves the rest to other systems that
+    call for the same corp or account. A call that fits within `budget_wait_s` waits; later ones are put back."""
+
+    budget_share: float = Field(default=DEFAULT_SHARE, gt=0, le=1)
+    budget_wait_s: float = Field(default=MAX_WAIT_S, ge=0, le=30)
+    # Marketing sends (nurture steps, pushes) stop at this fraction of each budget: a push draining at the
+    # platform's limit still leaves calls for the replies of customers chatting meanwhile.
+    marketing_share: float = Field(default=0.8, gt=0, le=1)
+    # False: calls are not counted at all (something else paces them, or a benchmark measures the sender
+    # itself); WeChat's 45009 is still answered by a pause.
+    budgets: bool = True
 
 
 class ApiSettings(_Section):
@@ -192,6 +208,7 @@ class Settings(BaseSettings):
     media: MediaSettings = MediaSettings()
     groupchats: GroupChatSettings = GroupChatSettings()
     worker: WorkerSettings = WorkerSettings()
+    sender: SenderSettings = SenderSettings()
     api: ApiSettings = ApiSettings()
     sandbox: SandboxSettings = SandboxSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.templates import TemplateError, parse_template
-from crm_store.models import as_utc, utcnow
+from crm_store.models import Customer, as_utc, utcnow
 from crm_store.nurture_models import NurtureSend, Push
 from crm_store.segments import Segment, segment_query, tag_ids
 from crm_store.sequence_stats import waiting_for
@@ -157,6 +157,16 @@ async def push_results(session: AsyncSession, push_id: int) -> PushResults:
             via[channel or "-"] += count
     return PushResults(push, totals["pending"], totals["sent"], totals["replied"], dict(skipped.most_common()),
                        dict(failed.most_common()), dict(via.most_common()), dict(waiting.most_common()))
+
+
+async def pending_by_channel(session: AsyncSession, push_id: int) -> dict[str, int]:
+    """The push's pending sends by the channel their customer last chatted on (kf, oa; "" none): which API budget
+    they will spend (a customer without one goes through a rep's group message, or is skipped)."""
+    channel = Customer.reach["channel"].as_string()
+    rows = await session.execute(
+        select(channel, func.count()).select_from(NurtureSend).join(Customer, Customer.id == NurtureSend.customer_id)
+        .where(NurtureSend.push_id == push_id, NurtureSend.status == "pending").group_by(channel))
+    return {str(name or ""): int(count) for name, count in rows.tuples()}
 
 
 async def list_pushes(session: AsyncSession, limit: int = 50) -> list[tuple[Push, dict[str, int]]]:

@@ -3,10 +3,10 @@
 A bot that passes against a fake that sends everything learns nothing about the rules that
 make real WeChat refuse it. This mixin keeps, per customer, the sends each platform grants
 after the customer acted (微信客服: a message; the OA: a message, a menu click, a follow or a
-scan), the life of single-use event codes, text sizes, the reminders of a group message, and
-the per-API call rate of the enterprise. Each rule below names its official page and says the
-rule in one line. Every refusal is kept in `refused` (a test asserts none happened, or which),
-and `allowance` says how many sends the fake would take now.
+scan), the life of single-use event codes, text sizes, the reminders of a group message, the
+per-API call rate of the enterprise and the OA's daily custom sends. Each rule below names its
+official page and says the rule in one line. Every refusal is kept in `refused` (a test asserts
+none happened, or which), and `allowance` says how many sends the fake would take now.
 
 Time is `self.now()` (time.time unless a test puts in its own clock), never a sleep.
 """
@@ -66,6 +66,12 @@ REMINDS_PER_DAY, REMIND_WINDOW_S = 3, 24 * 3600
 API_PER_MINUTE, API_PER_HOUR, TOO_FREQUENT = 10_000, 150_000, 45009
 TOKEN_PATHS = frozenset({"gettoken", "token"})
 
+# The OA's 接口调用频次限制说明, https://developers.weixin.qq.com/doc/offiaccount/Message_Management/API_Call_Limits.html:
+# "发送客服消息" 每日限额 500000 (a newly registered account; larger accounts are given more); over it
+# {"errcode":45009,"errmsg":"api freq out of limit"}. The page does not say when the day starts: counted over a rolling
+# 24 h, like the minute and the hour above.
+OA_CUSTOM_SEND, OA_CUSTOM_SENDS_PER_DAY, DAY_S = "message/custom/send", 500_000, 86400.0
+
 ERRMSG = {
     KF_USED_UP: "send msg count exceeds the limit (95001: 发送消息条数超过限制)",
     KF_OUT_OF_TIME: "send msg time exceeds the limit (95002: 发送消息时间超过限制)",
@@ -114,6 +120,8 @@ class FakeQuotas:
         self.refused: list[Refusal] = []
         self.api_per_minute: int | None = API_PER_MINUTE  # None: unlimited; tests and benches lower or lift it
         self.api_per_hour: int | None = API_PER_HOUR
+        self.oa_custom_sends_per_day: int | None = OA_CUSTOM_SENDS_PER_DAY  # None: unlimited; tests lower it
+        self._oa_custom_sends: deque[float] = deque()  # the OA's custom sends within the last 24 h
         self.kf_grants: dict[tuple[str, str], Grant] = {}  # (open_kfid, external_userid) -> the latest grant
         self.oa_grants: dict[str, dict[str, Grant]] = {}  # openid -> {"message": …, "event": …}
         self.code_times: dict[str, tuple[float, float]] = {}  # code -> (issued at, valid for s)
@@ -202,23 +210,41 @@ class FakeQuotas:
         times.append(now)
 
     def over_api_rate(self, path: str) -> bool:
-        """Whether this call to `path` is over the enterprise's rate (and then recorded); accepted calls count.
+        """Whether this call to `path` is over the enterprise's rate, or the OA's daily custom sends (and then
+        recorded); accepted calls count.
 
         A deque per path and window, trimmed from the left: O(1) amortised per call."""
-        if path in TOKEN_PATHS or (self.api_per_minute is None and self.api_per_hour is None):
+        if path in TOKEN_PATHS:
             return False
         now = self.now()
+        if self._over_per_minute_or_hour(path, now) or self._over_oa_day(path, now):
+            self.refused.append(Refusal(path, TOO_FREQUENT, "", now))
+            return True
+        if self.api_per_minute is not None or self.api_per_hour is not None:
+            minute, hour = self._api_calls[path]
+            minute.append(now)
+            hour.append(now)
+        if path == OA_CUSTOM_SEND and self.oa_custom_sends_per_day is not None:
+            self._oa_custom_sends.append(now)
+        return False
+
+    def _over_per_minute_or_hour(self, path: str, now: float) -> bool:
+        if self.api_per_minute is None and self.api_per_hour is None:
+            return False
         minute, hour = self._api_calls.setdefault(path, (deque(), deque()))
         for window, span in ((minute, 60.0), (hour, 3600.0)):
             while window and window[0] <= now - span:
                 window.popleft()
-        if (self.api_per_minute is not None and len(minute) >= self.api_per_minute) or \
-                (self.api_per_hour is not None and len(hour) >= self.api_per_hour):
-            self.refused.append(Refusal(path, TOO_FREQUENT, "", now))
-            return True
-        minute.append(now)
-        hour.append(now)
-        return False
+        return (self.api_per_minute is not None and len(minute) >= self.api_per_minute) or \
+            (self.api_per_hour is not None and len(hour) >= self.api_per_hour)
+
+    def _over_oa_day(self, path: str, now: float) -> bool:
+        if path != OA_CUSTOM_SEND or self.oa_custom_sends_per_day is None:
+            return False
+        sends = self._oa_custom_sends
+        while sends and sends[0] <= now - DAY_S:
+            sends.popleft()
+        return len(sends) >= self.oa_custom_sends_per_day
 
 
 def truncated_app_text(body: dict[str, Any]) -> dict[str, Any]:
