@@ -74,6 +74,7 @@ from admin_cli import (  # noqa: E402  (each module adds its commands to `cli`)
     media_commands,  # noqa: F401  (adds `scrm media`)
     ops_commands,
     push_commands,
+    queue_commands,  # noqa: F401  (adds `scrm inbox` and `scrm outbox`)
     referral_commands,
     rep_commands,
     report_commands,

@@ -21,10 +21,20 @@ INFRA_FAULTS = Counter("scrm_infra_faults_total",
                        "Operations that met the store or Redis unavailable (a restart) and will be retried",
                        ["component", "place"])
 INFRA_DOWN = Gauge("scrm_infra_down", "1 while this process finds the component unavailable", ["component"])
+# Queue gauges, set from the store at each scrape (bot/health.py): every process shows the whole picture.
 INBOX_LAG = Gauge("scrm_inbox_lag_seconds", "Age of the oldest unprocessed inbox item")
 INBOX_BACKLOG = Gauge("scrm_inbox_backlog", "Inbox items waiting or in progress")
+INBOX_FAILED = Gauge("scrm_inbox_failed", "Inbox items that failed permanently")
+OUTBOX_LAG = Gauge("scrm_outbox_lag_seconds", "Age of the oldest unsent outbox item")
 OUTBOX_BACKLOG = Gauge("scrm_outbox_backlog", "Outbox items waiting or in progress")
 OUTBOX_FAILED = Gauge("scrm_outbox_failed", "Outbox items that failed permanently")
+OUTBOX_LANE_BACKLOG = Gauge("scrm_outbox_lane_backlog", "Outbox items waiting or in progress, by lane "
+                            "(reply, transactional, marketing)", ["lane"])
+OUTBOX_LANE_FAILED = Gauge("scrm_outbox_lane_failed", "Outbox items that failed permanently, by lane", ["lane"])
+QUEUE_DRAIN = Gauge("scrm_queue_drain_per_second", "Items finished (done or failed) per second over the last "
+                    "minute, by every process together", ["queue"])
+API_BUDGET_LEFT = Gauge("scrm_api_budget_left", "Calls left in the current window of an API's budget "
+                        "(api: the account and the API path)", ["api", "window"])
 SENT = Counter("scrm_sent_total", "API calls delivered from the outbox", ["kind"])
 QUOTA_DECISIONS = Counter("scrm_quota_decisions_total", "Sends fitted to the platform's quota: merged, held back, "
                           "held, deferred, routed, skipped, refused", ["source", "decision"])

@@ -180,7 +180,7 @@ async def test_healthz_and_metrics(bot: Bot) -> None:
     await bot.drain()
     health = await (await bot.client.get("/healthz")).json()
     assert health["store"]["ok"] and health["inbox"]["backlog"] == 0
-    assert health["sender"]["sent"] == 1
+    assert health["sender"]["finished_last_minute"] == 1
     assert health["nlu"]["status"] in ("ok", "degraded")
     if bot.runtime.state.backend == "memory":
         assert any("shared_state" in line for line in health["degraded"])

@@ -38,7 +38,8 @@ async def wait_drained(port: int) -> None:
         for _ in range(300):
             async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
                 health = await response.json()
-            if health["inbox"]["backlog"] == 0 and health["sender"]["backlog"] == 0 and health["sender"]["sent"]:
+            sender = health["sender"]
+            if health["inbox"]["backlog"] == 0 and sender["backlog"] == 0 and sender["finished_last_minute"]:
                 return
             await asyncio.sleep(0.1)
     raise TimeoutError("the worker did not drain")
