@@ -30,13 +30,14 @@ from bot.wechat_api import wecom_credential
 from core.api_budget import DAY_S, HOUR_S, MINUTE_S, Budget, Platform, budget_for
 from core.shared_state import MemoryState, RateWindow, RedisState, SharedState
 from crm_store.customers import Profile, resolve_customer
-from crm_store.models import OutboxItem, as_utc, utcnow
+from crm_store.models import Lane, OutboxItem, as_utc, utcnow
 from tests.admin_cli.harness import ScrmRunner
 from tests.bot.conftest import Bot
 from tests.conftest import Backend
 
 KF = "wkBudget"
 PER_MINUTE, OA_PER_DAY = 50, 30
+MARKETING_SHARE = 0.8  # of the 50 a minute: 40 for pushes, the rest kept for replies
 
 
 class Clock:
@@ -80,6 +81,7 @@ class Senders:
                                   .values(available_at=utcnow()))
         for _, runner in self.pairs:
             runner.paused_until = 0.0
+            runner.lanes_paused.clear()
 
     async def rows(self) -> list[OutboxItem]:
         async with self.bot.runtime.sessions() as session:
@@ -100,7 +102,7 @@ async def senders(start_bot, backend: Backend) -> AsyncIterator[Senders]:  # typ
     for state in states:
         budgets = ApiBudgets(state, max_wait_s=0.0, clock=clock, rules=lowered)
         sender = OutboxSender(runtime.sessions, runtime.apis, worker.max_attempts, worker.retry_base_s,
-                              budgets=budgets)
+                              budgets=budgets, marketing_share=MARKETING_SHARE)
         runner = QueueRunner("outbox", runtime.sessions, OutboxItem, sender.send, worker.outbox_concurrency,
                              worker.poll_interval_s, worker.claim_ttl_s)
         sender.on_rate_limited = runner.pause
@@ -143,6 +145,41 @@ async def test_two_senders_stay_under_the_per_minute_limit_together_and_the_rest
     delivered = [message for message in bot.fake.sent if message.path == "kf/send_msg"]
     assert sorted(message.to for message in delivered) == sorted(users)  # each once
     assert len({message.body["msgid"] for message in delivered}) == 200
+
+
+async def test_a_push_and_live_conversations_at_once_replies_first_budgets_never_exceeded(senders: Senders) -> None:
+    """A push of 100 to kf customers is due when ten customers write: both senders send the replies in the
+    first minute, the push fills marketing's share of each minute (40 of the 50 calls) and no more, and the
+    fake, at 50 calls a minute, refuses nothing."""
+    bot = senders.bot
+    bot.fake.api_per_minute = PER_MINUTE
+    pushed = [f"wmPush{index}" for index in range(100)]
+    for user in pushed:
+        bot.fake.grant_kf(KF, user)
+    async with bot.runtime.sessions() as session, session.begin():
+        session.add_all(OutboxItem(dedup_key=f"push:{user}", queue_key=f"push:{user}", kind="kf.send_msg",
+                                   lane=int(Lane.MARKETING), payload={"touser": user, "open_kfid": KF,
+                                                                      "msgtype": "text", "text": {"content": "上新了"}})
+                        for user in pushed)
+    chatting = [f"wmLive{index}" for index in range(10)]
+    for user in chatting:  # through the signed callback and the worker: their replies are queued behind the push
+        await bot.simulator.kf_says(bot.url, user, "你好")
+    await bot.runtime.inbox.drain()
+
+    minutes = []
+    while len(minutes) < 6 and len(bot.fake.sent) < 110:
+        before = len(bot.fake.sent)
+        await senders.send_due()
+        minutes.append([message.to for message in bot.fake.sent[before:]])
+        await senders.time_passes(61.0)
+    assert sorted(to for to in minutes[0] if to.startswith("wmLive")) == chatting  # every reply in the first minute
+    # marketing stops when the minute holds 40 calls (30 beside the 10 replies when those were counted first:
+    # the two senders' calls interleave)
+    pushes = [sum(to.startswith("wmPush") for to in minute) for minute in minutes]
+    assert 30 <= pushes[0] <= 40 and pushes[1] == 40 and sum(pushes) == 100
+    assert all(len(minute) <= PER_MINUTE for minute in minutes)
+    assert bot.fake.refused == []  # the two senders together never past WeChat's limit
+    assert sorted(to for minute in minutes for to in minute) == sorted(pushed + chatting)  # each once
 
 
 async def test_the_oa_daily_custom_send_limit_is_waited_out_not_failed(senders: Senders) -> None:
