@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-faq bench-flows bench-growth bench-nurture bench-api bench-groupchats soak nlu-train nlu-test lint clean
+.PHONY: run test install rasa browser docs screenshots bench bench-nlu bench-faq bench-flows bench-growth bench-nurture bench-api bench-groupchats bench-push soak nlu-train nlu-test lint clean
 
 run: install rasa  ## create the virtualenvs, migrate, start the bot with the sandbox
 	$(BIN)/scrm serve
@@ -57,6 +57,9 @@ bench-api: install  ## POST /orders rate and p99, a segment query and every repo
 
 bench-groupchats: install  ## full sync of 10,000 customer groups x 200 members from the fake WeCom within its rate limit, and a group push's dispatch, on PostgreSQL
 	$(BIN)/python bench/groupchats.py
+
+bench-push: install  ## reply latency p95 of 50 chatting kf customers, without a push and while a push of 100,000 drains, on PostgreSQL
+	$(BIN)/python bench/push.py
 
 soak: install rasa  ## 10 minutes of kf and OA customers while PostgreSQL, Redis, Rasa, a worker and the API fail; every loss counted
 	$(BIN)/python bench/soak.py
