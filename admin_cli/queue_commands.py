@@ -7,7 +7,6 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, cast
 
-import aiohttp
 import click
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,8 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from admin_cli.common import in_store
 from admin_cli.main import cli, echo_json, settings_of
 from bot.api_budget import ApiBudgets, WindowLeft
-from bot.delivery import OUTBOX_KINDS
-from bot.runtime import build_apis
 from bot.settings import Settings
 from core.faults import fault_component
 from core.shared_state import open_shared_state
@@ -138,13 +135,9 @@ async def _budgets_left(settings: Settings) -> BudgetsSeen:
         return BudgetsSeen(unknown="counted in each `scrm serve` process (no redis.url): see its /metrics")
     state = open_shared_state(settings.redis.url)
     try:
-        async with aiohttp.ClientSession() as http:  # no request is made: the credentials name the accounts
-            apis = build_apis(settings, http, state)
-            budgets = ApiBudgets(state, settings.sender.budget_share)
-            for credential, path, _ in OUTBOX_KINDS.values():
-                if credential in apis:
-                    budgets.budget(apis[credential].credential, path)
-            return BudgetsSeen(tuple(await budgets.left()))
+        budgets = ApiBudgets(state, settings.sender.budget_share).watch_outbox(settings.wecom.corp_id,
+                                                                               settings.oa.app_id)
+        return BudgetsSeen(tuple(await budgets.left()))
     except Exception as exc:
         if fault_component(exc) is None:
             raise

@@ -100,9 +100,9 @@ class ApiBudgets:
         """Make `left()` report every API the outbox calls, for a process with accounts but no API clients
         (a CLI): `await ApiBudgets(open_shared_state(url), share).watch_outbox(corp_id, app_id).left()`."""
         for credential, path, _ in OUTBOX_KINDS.values():
-            if credential == "oa":
+            if credential == "oa" and oa_app_id:
                 self.budget_of("oa", oa_app_id, path)
-            else:
+            elif credential != "oa" and corp_id:
                 self.budget_of("wecom", corp_id, path)
         return self
 
