@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
@@ -311,23 +311,8 @@ def backoff_s(attempt: int, base_s: float, cap_s: float = 300.0) -> float:
     return min(cap_s, base_s * 2 ** max(0, attempt - 1))
 
 
-async def counts(session: AsyncSession, model: type[QueueItem]) -> dict[str, int]:
-    """How many items are in each status (for /healthz and /metrics)."""
-    rows = await session.execute(select(model.status, func.count()).group_by(model.status))
-    return {status: count for status, count in rows.all()}
-
-
 async def due_count(session: AsyncSession, model: type[QueueItem]) -> int:
     """Items that a worker could claim now or is working on."""
     now = utcnow()
     ready = or_(and_(model.status == "pending", model.available_at <= now), model.status == "claimed")
     return int(await session.scalar(select(func.count()).select_from(model).where(ready)) or 0)
-
-
-async def oldest_pending_age_s(session: AsyncSession, model: type[QueueItem]) -> float:
-    oldest = await session.scalar(select(func.min(model.created_at)).where(model.status.in_(("pending", "claimed"))))
-    if oldest is None:
-        return 0.0
-    if oldest.tzinfo is None:  # SQLite returns naive datetimes
-        oldest = oldest.replace(tzinfo=UTC)
-    return max(0.0, (utcnow() - oldest).total_seconds())
