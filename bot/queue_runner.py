@@ -3,8 +3,8 @@
 It wakes at once when told new work arrived in this process (`wake()`), and polls so
 that work stored by other instances, or put back for a retry, is found too. While a backlog
 lasts it claims once a quarter of its slots are free: a claim transaction per batch, not one
-per finished item. Stopping
-finishes what is in flight; anything left is claimed again after a restart.
+per finished item. Stopping finishes what is in flight; anything left is claimed again after
+a restart.
 
 Work this process stores can skip the claim: whoever stores it (a callback, a kf pull,
 a turn writing its replies) claims, in the same transaction, as many of the new items as
