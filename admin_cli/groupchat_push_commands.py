@@ -20,6 +20,7 @@ from admin_cli.channel_commands import with_apis
 from admin_cli.common import in_store, json_option, table
 from admin_cli.main import echo_json, settings_of
 from admin_cli.push_commands import admin_name, brand_time
+from bot.api_budget import ApiBudgets
 from bot.group_push_results import GroupPushFollowUp
 from bot.settings import Settings
 from bot.wechat_api import WeChatApi
@@ -196,7 +197,9 @@ def remind(ctx: click.Context, push_id: int) -> None:
 async def _remind(settings: Settings, api: WeChatApi, push_id: int) -> int:
     engine = create_engine(settings.store.url)
     try:
-        return await GroupPushFollowUp(session_factory(engine), api, settings.groupchats).remind_due(push_id=push_id)
+        follow_up = GroupPushFollowUp(session_factory(engine), api, settings.groupchats,
+                                      ApiBudgets(api.state, settings.sender.budget_share))
+        return await follow_up.remind_due(push_id=push_id)
     finally:
         await engine.dispose()
 

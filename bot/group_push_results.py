@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.api_budget import ApiBudgets
 from bot.group_push_dispatch import Pacer
 from bot.wechat_api import ApiError, WeChatApi
 from crm_store.group_chat_models import GroupChat, GroupPush, GroupPushTarget
@@ -57,11 +58,19 @@ class ResultsOutcome:
 
 class GroupPushFollowUp:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], api: WeChatApi,
-                 settings: GroupChatSettings) -> None:
+                 settings: GroupChatSettings, budgets: ApiBudgets | None = None) -> None:
+        """`budgets`: the API budgets every process spends (default: over the API's shared state, at the
+        default share); this process's own pace, `calls_per_minute`, comes first."""
         self.sessions = sessions
         self.api = api
         self.settings = settings
         self.pacer = Pacer(settings.calls_per_minute)
+        self.budgets = budgets or ApiBudgets(api.state)
+
+    async def _paced(self, path: str) -> None:
+        """Before a call to `path`: this process's pace, then a call from the API's shared budget."""
+        await self.pacer.wait()
+        await self.budgets.wait(self.api.credential, path)
 
     # ------------------------------------------------------------ reminders
 
@@ -109,7 +118,7 @@ class GroupPushFollowUp:
                     in rows.tuples()]
 
     async def _remind(self, task: Task, now: datetime) -> int:
-        await self.pacer.wait()
+        await self._paced(REMIND)
         try:
             await self.api.post(REMIND, {"msgid": task.msgid})
         except ApiError as exc:
@@ -193,7 +202,7 @@ class GroupPushFollowUp:
         body: dict[str, Any] = {"msgid": msgid, "userid": owner, "limit": RESULT_PAGE}
         found: dict[str, tuple[int, int]] = {}
         while True:
-            await self.pacer.wait()
+            await self._paced(SEND_RESULT)
             answer = await self.api.post(SEND_RESULT, body)
             for row in answer.get("send_list") or []:
                 if row.get("chat_id"):

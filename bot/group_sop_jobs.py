@@ -18,6 +18,7 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.api_budget import ApiBudgets
 from bot.group_push_dispatch import DispatchOutcome, GroupPushDispatcher
 from bot.group_push_results import GroupPushFollowUp, ResultsOutcome
 from bot.jobs import every
@@ -99,6 +100,8 @@ def build_group_push_jobs(sessions: async_sessionmaker[AsyncSession], api: WeCha
                           settings: Settings) -> GroupPushJobs:
     """The job as the runtime runs it, from settings (the contacts credential calls the group-message APIs)."""
     groups = settings.groupchats
-    dispatcher = GroupPushDispatcher(sessions, api, groups, None, settings.nurture.timezone)  # WeCom's rule now
-    return GroupPushJobs(sessions, dispatcher, GroupPushFollowUp(sessions, api, groups),
+    budgets = ApiBudgets(api.state, settings.sender.budget_share)  # shared with every process's senders
+    dispatcher = GroupPushDispatcher(sessions, api, groups, None, settings.nurture.timezone,  # WeCom's rule now
+                                     budgets)
+    return GroupPushJobs(sessions, dispatcher, GroupPushFollowUp(sessions, api, groups, budgets),
                          group_sop_dir(Path(settings.flows.directory)), settings.nurture.timezone, groups.push_check_s)
