@@ -173,7 +173,8 @@ def ask_command(ctx: click.Context, text: str | None, directory: Path | None, as
 
     Each line: the entry answered (or "-"), the selector's confidence, where the answer came
     from (rasa; rules while Rasa is down) and the answer. An entry is answered when the model
-    says the message is an FAQ question with confidence >= flows.faq_answer_at.
+    says the message is an FAQ question (or one of flows.faq_answers_intents) and the entry has
+    confidence >= flows.faq_answer_at.
 
     Example: scrm faq ask 几天能到   or   printf '几天能到\\n能开发票吗\\n' | scrm faq ask --json
     """
@@ -194,7 +195,7 @@ async def _ask(settings: Settings, book: FaqBook, lines: list[str], as_json: boo
                 click.echo(f"faq: Rasa at {url} does not answer: keyword rules answer", err=True)
             for line in lines:
                 intent = await client.parse(line)
-                entry = answered_entry(intent, answer_at)
+                entry = answered_entry(intent, answer_at, settings.flows.faq_answers_intents)
                 found = book.get(entry) if entry else None
                 row = {"text": line, "faq": entry, "confidence": round(intent.faq.confidence, 4) if intent.faq else None,
                        "answer": found.answer if found else None, "source": intent.source}
@@ -232,7 +233,8 @@ def test_command(ctx: click.Context, fail_under: float, max_offtopic: int | None
     book = faq_of(settings, directory)
     nlu = settings.nlu.model_copy(update={"mode": "rules"}) if rules_only else settings.nlu
     try:
-        report = asyncio.run(_test(nlu, book.training_rows(), settings.flows.faq_answer_at))
+        report = asyncio.run(_test(nlu, book.training_rows(), settings.flows.faq_answer_at,
+                                   settings.flows.faq_answers_intents))
     except (TrainingDataError, TrainingFailed, RasaUnavailable, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else format_faq_report(report))
@@ -243,7 +245,7 @@ def test_command(ctx: click.Context, fail_under: float, max_offtopic: int | None
                                    f"(more than {max_offtopic})")
 
 
-async def _test(nlu: NluSettings, rows: FaqRows, answer_at: float) -> FaqReport:
+async def _test(nlu: NluSettings, rows: FaqRows, answer_at: float, answer_intents: tuple[str, ...]) -> FaqReport:
     if nlu.mode == "managed":
         await ensure_model(nlu, faq=rows)
     async with rasa_for_call(nlu, rows) as (url, token):
@@ -251,7 +253,7 @@ async def _test(nlu: NluSettings, rows: FaqRows, answer_at: float) -> FaqReport:
             raise RuntimeError("no Rasa server to evaluate: see the message above")
         if nlu.mode == "managed" and url is not None:
             await _serving_this_faq(nlu, rows, url, token or "")
-        return await evaluate_faq(nlu, url, token, rows, answer_at)
+        return await evaluate_faq(nlu, url, token, rows, answer_at, answer_intents=answer_intents)
 
 
 async def _serving_this_faq(nlu: NluSettings, rows: FaqRows, url: str, token: str) -> None:

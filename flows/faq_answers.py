@@ -2,7 +2,8 @@
 
     a kf button of an earlier offer (menu id `faq:<entry>`), or the number of one on the OA → that entry
     the message's retrieval intent `faq/<entry>` with confidence ≥ flows.faq_answer_at       → the answer
-      (also when a flow weaker than flows.faq_priority matched; never an entry a flow takes over: `faq: ID`)
+      (Rasa reads the message as `faq`, or as one of flows.faq_answers_intents; also when a flow weaker
+      than flows.faq_priority matched; never an entry a flow takes over: `faq: ID`)
     no flow matched: the closest entries ≥ flows.faq_offer_at (faq or not understood)     → a choice
     otherwise                                                                                → the fallback
 
@@ -22,10 +23,10 @@ from crm_store import tags
 from crm_store.faq_queries import FAQ_ANSWERED, FAQ_OFFERED, answered_since, last_offer
 from crm_store.lifecycle import Lifecycle
 from crm_store.models import utcnow
-from flows.faq_model import RETRIEVAL_INTENT, FaqBook, FaqEntry
+from flows.faq_model import FaqBook, FaqEntry
 from flows.settings import FlowSettings
 from flows.turn import Turn
-from nlu.intent import FALLBACK_INTENT
+from nlu.intent import FALLBACK_INTENT, RETRIEVAL_INTENT
 
 CHOICE_PREFIX = "faq:"  # a kf menu item's id: the entry the customer picked
 OFFER_HEAD = "您是想问哪一个？点一下（或回复数字）我马上告诉您："
@@ -59,13 +60,14 @@ class FaqAnswerer:
         match = intent.faq if intent is not None else None
         if intent is None or match is None:
             return False
-        entry = faq.get(match.entry)
-        if entry is not None and intent.name == RETRIEVAL_INTENT and match.confidence >= self.settings.faq_answer_at:
+        entry = faq.get(intent.sure_faq_entry(self.settings.faq_answer_at, self.settings.faq_answers_intents) or "")
+        if entry is not None:
             await self.answer(turn, entry, match.confidence, intent.source)
             return True
         closest = [faq.entries[e] for e, confidence in match.ranking
                    if e in faq.entries and confidence >= self.settings.faq_offer_at][: self.settings.faq_offer_max]
-        if unsure and closest and intent.name in (RETRIEVAL_INTENT, FALLBACK_INTENT):
+        asked = intent.name in (RETRIEVAL_INTENT, FALLBACK_INTENT, *self.settings.faq_answers_intents)
+        if unsure and closest and asked:
             self._offer(turn, closest, match.confidence)
             return True
         return False

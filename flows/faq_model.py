@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from core.events import LinkCard, MiniProgramCard
 
 FAQ_FILE = "faq.yaml"
-RETRIEVAL_INTENT = "faq"  # Rasa's retrieval intent: its sub-intents are the entries' ids
 
 
 @dataclass(frozen=True)

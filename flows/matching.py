@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from flows.faq_model import RETRIEVAL_INTENT
 from flows.model import (
     EventTrigger,
     ExternalTrigger,
@@ -29,6 +28,7 @@ from flows.model import (
     content_named,
 )
 from flows.patterns import compile_pattern
+from nlu.intent import RETRIEVAL_INTENT
 from nlu.text import cache_form, clean
 
 if TYPE_CHECKING:

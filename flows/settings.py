@@ -35,3 +35,7 @@ class FlowSettings(BaseModel):
     # A sure FAQ answer beats flows below this priority (price, coupons, order status: 50-60), not those above
     # (a complaint, a person, unsubscribing: 90+).
     faq_priority: int = Field(default=70, ge=0, le=100)
+    # Intents the FAQ answers too when it is sure: what they mean is a question the FAQ holds. Rasa reads
+    # "包邮不" as ask_shipping, whose flow (order status) would ask for a phone number; with shipping in the
+    # FAQ, its answer is the better one. A flow taking the intent still runs when the FAQ is unsure.
+    faq_answers_intents: tuple[str, ...] = ("ask_shipping",)

@@ -32,10 +32,11 @@ import aiohttp
 
 from core.shared_state import SharedState
 from nlu.cache import ParseCache
-from nlu.faq_training import RETRIEVAL_INTENT, FaqRows
+from nlu.faq_training import FaqRows
 from nlu.intent import (
     FALLBACK_INTENT,
     OUT_OF_SCOPE_INTENT,
+    RETRIEVAL_INTENT,
     SOURCE_RASA,
     SOURCE_RULES,
     SOURCES,

@@ -6,8 +6,9 @@ Off-topic: the out_of_scope examples of the intents' held-out set (nlu_test.yml)
 
 Two accuracies, because they fail differently:
   retrieval - the ResponseSelector's first pick is the right entry (what the issue calls retrieval);
-  answered  - the bot would answer with it: DIET says the message is an FAQ question (`faq`) and
-              the selector is at least `answer_at` sure, the rule of flows/faq_answers.py.
+  answered  - the bot would answer with it: DIET says the message is an FAQ question (`faq`, or one of
+              the intents the FAQ answers too) and the selector is at least `answer_at` sure, the rule
+              of flows/faq_answers.py (Intent.sure_faq_entry).
 Everything goes through NluClient with the cache off, as customers' messages do.
 """
 
@@ -23,20 +24,18 @@ import yaml
 
 from core.shared_state import MemoryState
 from nlu.client import NluClient
-from nlu.faq_training import FAQ_TEST_FILE, RETRIEVAL_INTENT, FaqRows, held_out
+from nlu.faq_training import FAQ_TEST_FILE, FaqRows, held_out
 from nlu.intent import OUT_OF_SCOPE_INTENT, Intent
 from nlu.settings import NluSettings
 from nlu.training_data import load_project
 
 DEFAULT_ANSWER_AT = 0.7  # flows.faq_answer_at's default
+DEFAULT_ANSWER_INTENTS = ("ask_shipping",)  # flows.faq_answers_intents' default
 
 
-def answered_entry(intent: Intent, answer_at: float) -> str | None:
+def answered_entry(intent: Intent, answer_at: float, also_intents: tuple[str, ...] = DEFAULT_ANSWER_INTENTS) -> str | None:
     """The entry the bot answers this parse with (flows/faq_answers.py's rule), or None."""
-    match = intent.faq
-    if intent.name != RETRIEVAL_INTENT or match is None or match.confidence < answer_at:
-        return None
-    return match.entry
+    return intent.sure_faq_entry(answer_at, also_intents)
 
 
 @dataclass
@@ -84,7 +83,8 @@ def offtopic_messages(project_dir: Path) -> list[str]:
 
 
 async def evaluate_faq(settings: NluSettings, url: str | None, token: str | None, faq: FaqRows,
-                       answer_at: float = DEFAULT_ANSWER_AT, concurrency: int = 8) -> FaqReport:
+                       answer_at: float = DEFAULT_ANSWER_AT, concurrency: int = 8,
+                       answer_intents: tuple[str, ...] = DEFAULT_ANSWER_INTENTS) -> FaqReport:
     """Parse the held-out phrasings and the off-topic messages; with `url` None, the keyword rules answer."""
     project = settings.project_path()
     examples, skipped = held_out(faq, load_project(project))
@@ -104,12 +104,13 @@ async def evaluate_faq(settings: NluSettings, url: str | None, token: str | None
         gold = example.intent.partition("/")[2]
         picked = intent.faq.entry if intent.faq else None
         report.retrieval_hits += picked == gold
-        report.answered_hits += answered_entry(intent, answer_at) == gold
-        if answered_entry(intent, answer_at) != gold:
+        answered = answered_entry(intent, answer_at, answer_intents)
+        report.answered_hits += answered == gold
+        if answered != gold:
             report.misses.append({"text": example.text, "gold": gold, "picked": picked, "intent": intent.name,
                                   "confidence": round(intent.faq.confidence, 3) if intent.faq else None})
     for text, intent in zip(offtopic, intents[len(examples):], strict=True):
-        entry = answered_entry(intent, answer_at)
+        entry = answered_entry(intent, answer_at, answer_intents)
         if entry is not None:
             confidence = intent.faq.confidence if intent.faq else 0.0
             report.offtopic_answered.append({"text": text, "entry": entry, "confidence": round(confidence, 3)})

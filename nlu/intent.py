@@ -16,6 +16,7 @@ SOURCES = (SOURCE_RASA, SOURCE_CACHE, SOURCE_RULES)
 # no intent is confident enough, and the rules answer it when nothing matched.
 FALLBACK_INTENT = "nlu_fallback"
 OUT_OF_SCOPE_INTENT = "out_of_scope"
+RETRIEVAL_INTENT = "faq"  # every FAQ entry's questions; the ResponseSelector says which entry (Intent.faq)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,15 @@ class Intent:
     entities: tuple[Entity, ...] = field(default=())
     source: str = SOURCE_RASA
     faq: FaqMatch | None = None  # the FAQ entry the message asks, when the model has an FAQ
+
+    def sure_faq_entry(self, answer_at: float, also_intents: tuple[str, ...] = ()) -> str | None:
+        """The FAQ entry to answer this message with, or None: the model reads it as an FAQ question (intent
+        `faq`, or one of `also_intents`, whose meaning the FAQ holds) and the ResponseSelector picked the
+        entry at least `answer_at` sure (flows.faq_answer_at, flows.faq_answers_intents)."""
+        asked = self.name == RETRIEVAL_INTENT or self.name in also_intents
+        if not asked or self.faq is None or self.faq.confidence < answer_at:
+            return None
+        return self.faq.entry
 
     def entity(self, name: str) -> str | None:
         """The first value of entity `name`, or None."""

@@ -21,8 +21,16 @@ from typing import Any
 
 import yaml
 
-from nlu.faq_training import RETRIEVAL_INTENT, FaqRows, normal_form
-from nlu.intent import FALLBACK_INTENT, OUT_OF_SCOPE_INTENT, SOURCE_RULES, Entity, FaqMatch, Intent
+from nlu.faq_training import FaqRows, normal_form
+from nlu.intent import (
+    FALLBACK_INTENT,
+    OUT_OF_SCOPE_INTENT,
+    RETRIEVAL_INTENT,
+    SOURCE_RULES,
+    Entity,
+    FaqMatch,
+    Intent,
+)
 from nlu.text import cache_form
 
 EXACT_CONFIDENCE = 0.9

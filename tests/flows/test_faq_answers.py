@@ -109,6 +109,21 @@ async def test_off_topic_and_no_match_go_to_the_fallback_and_are_noted_unanswere
     assert [n["text"] for n in await notes(bot, "wmOff", "turn.unanswered")] == ["今天天气怎么样"]
 
 
+async def test_a_shipping_question_read_as_ask_shipping_is_answered_by_a_sure_faq_entry(  # type: ignore[no-untyped-def]
+        start_bot, rasa: ScriptedRasa, tmp_path: Path) -> None:
+    """flows.faq_answers_intents: Rasa reads "包邮不" as ask_shipping, whose flow (order status) asks for a phone
+    number; the FAQ, sure of its entry, answers instead. Unsure, the flow runs as before."""
+    rasa.script["几天能到啊"] = ("ask_shipping", 0.99, [("delivery_time", 0.91), ("returns", 0.03)])
+    rasa.script["我的快递几天能到"] = ("ask_shipping", 0.99, [("delivery_time", 0.4), ("returns", 0.3)])
+    bot = await start(start_bot, rasa, tmp_path)
+    assert await say(bot, "wmShip", "几天能到啊") == ["下单后 48 小时内发货，一般 2-4 天送到。"]
+    [answered] = await notes(bot, "wmShip", "faq.answered")
+    assert (answered["entry"], answered["confidence"]) == ("delivery_time", 0.91)
+    [reply] = await say(bot, "wmTrack", "我的快递几天能到")
+    assert "手机号" in reply  # the order-status flow: the FAQ was not sure
+    assert await notes(bot, "wmTrack", "faq.answered") == [] and await notes(bot, "wmTrack", "faq.offered") == []
+
+
 async def test_a_flow_takes_over_its_entry_and_tags_come_with_an_answer(start_bot, rasa: ScriptedRasa,  # type: ignore[no-untyped-def]
                                                                         tmp_path: Path) -> None:
     rasa.script["能开票不"] = ("faq", 0.9, [("invoice", 0.9)])
