@@ -213,14 +213,16 @@ async def _ask(settings: Settings, book: FaqBook, lines: list[str], as_json: boo
 
 
 @faq.command("test")
-@click.option("--fail-under", type=float, default=0.0, help="Exit 1 if the held-out answered accuracy is lower.")
+@click.option("--fail-under", type=float, default=0.0, help="Exit 1 if the held-out retrieval accuracy is lower.")
+@click.option("--fail-answered-under", type=float, default=0.0,
+              help="Exit 1 if the held-out answered accuracy (answered at once, not offered) is lower.")
 @click.option("--max-offtopic", type=int, default=None, help="Exit 1 if the FAQ answers more off-topic messages.")
 @click.option("--rules", "rules_only", is_flag=True, help="Score the keyword rules alone (as when Rasa is down).")
 @dir_option
 @json_option
 @click.pass_context
-def test_command(ctx: click.Context, fail_under: float, max_offtopic: int | None, rules_only: bool,
-                 directory: Path | None, as_json: bool) -> None:
+def test_command(ctx: click.Context, fail_under: float, fail_answered_under: float, max_offtopic: int | None,
+                 rules_only: bool, directory: Path | None, as_json: bool) -> None:
     """Held-out FAQ accuracy (nlu/project/test/faq_test.yml, never trained on) and off-topic messages answered.
 
     Retrieval accuracy: the selector's first pick is the right entry. Answered accuracy: the bot
@@ -238,8 +240,11 @@ def test_command(ctx: click.Context, fail_under: float, max_offtopic: int | None
     except (TrainingDataError, TrainingFailed, RasaUnavailable, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(report.to_dict(), ensure_ascii=False, indent=2) if as_json else format_faq_report(report))
-    if report.answered_accuracy < fail_under:
-        raise click.ClickException(f"held-out answered accuracy {report.answered_accuracy:.3f} is below {fail_under}")
+    if report.retrieval_accuracy < fail_under:
+        raise click.ClickException(f"held-out retrieval accuracy {report.retrieval_accuracy:.3f} is below {fail_under}")
+    if report.answered_accuracy < fail_answered_under:
+        raise click.ClickException(f"held-out answered accuracy {report.answered_accuracy:.3f} is below "
+                                   f"{fail_answered_under}")
     if max_offtopic is not None and len(report.offtopic_answered) > max_offtopic:
         raise click.ClickException(f"{len(report.offtopic_answered)} off-topic messages answered by an FAQ "
                                    f"(more than {max_offtopic})")

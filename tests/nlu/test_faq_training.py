@@ -285,6 +285,17 @@ def test_faq_test_scores_the_rules_alone() -> None:
     assert report["held_out"] == len(load_project(PROJECT).faq_test) and report["sources"].keys() == {"rules"}
 
 
+def test_faq_test_exits_1_under_the_accuracy_asked_for() -> None:
+    report = json.loads(_faq_cli("test", "--rules", "--json").stdout)
+    retrieval, answered = report["retrieval_accuracy"], report["answered_accuracy"]
+    assert 0 < answered <= retrieval < 1
+    assert _faq_cli("test", "--rules", "--fail-under", str(retrieval)).exit_code == 0
+    failed = _faq_cli("test", "--rules", "--fail-under", str(min(1.0, retrieval + 0.01)))
+    assert failed.exit_code == 1 and "held-out retrieval accuracy" in failed.output
+    failed = _faq_cli("test", "--rules", "--fail-answered-under", str(min(1.0, answered + 0.01)))
+    assert failed.exit_code == 1 and "held-out answered accuracy" in failed.output
+
+
 def test_publish_refuses_a_faq_that_clashes_with_the_intents_data(tmp_path: Path) -> None:
     flows = tmp_path / "flows"
     shutil.copytree(STARTER_FLOWS, flows)
