@@ -45,18 +45,14 @@ async def faq_report(rasa: ManagedRasa) -> FaqReport:
     return await evaluate_faq(NluSettings(mode="managed"), rasa.url, rasa.token, ROWS, ANSWER_AT)
 
 
-async def test_held_out_faq_phrasings_are_retrieved_at_the_level_reached(faq_report: FaqReport) -> None:
-    """A guard at the level reached (0.76 measured); the issue's goal, 0.9, is the test below."""
-    assert faq_report.total == 72 and faq_report.skipped == ()
-    assert faq_report.sources == {"rasa": faq_report.total + faq_report.offtopic_total}
-    assert faq_report.retrieval_accuracy >= 0.7, format_faq_report(faq_report)
-    assert faq_report.retrieval_accuracy >= faq_report.answered_accuracy
-
-
-@pytest.mark.xfail(reason="goal not reached: the ResponseSelector on word and character n-grams retrieves ~0.76 "
-                   "of the held-out phrasings (many need knowledge: 拉萨 is in 西藏); see bench/faq.py", strict=False)
 async def test_held_out_faq_retrieval_reaches_the_goal_of_090(faq_report: FaqReport) -> None:
+    """The issue's goal, on 162 held-out phrasings (0.920 measured; 0.933 on the 90 of them written from the
+    entries' titles and answers alone). Retrieval is the selector's first pick; the bot answers at once only
+    when it is also sure (answered accuracy), and offers the closest entries as choices when it is not."""
+    assert faq_report.total == 162 and faq_report.skipped == ()
+    assert faq_report.sources == {"rasa": faq_report.total + faq_report.offtopic_total}
     assert faq_report.retrieval_accuracy >= 0.9, format_faq_report(faq_report)
+    assert faq_report.retrieval_accuracy >= faq_report.answered_accuracy >= 0.55, format_faq_report(faq_report)
 
 
 async def test_off_topic_messages_are_not_answered_by_an_faq(faq_report: FaqReport) -> None:

@@ -52,16 +52,9 @@ async def test_held_out_accuracy_and_macro_f1_reach_090(rasa: ManagedRasa) -> No
     assert report.accuracy >= 0.90 and report.macro_f1 >= 0.90, report.to_dict()
 
 
-async def test_held_out_harmful_misroutes_stay_at_the_level_reached(rasa: ManagedRasa) -> None:
-    """A guard at the level reached with the FAQ in the model (1 measured: 运费怎么算 → join_group_buy, which the
-    group-buy flow confirms before acting); the goal, 0, is the test below."""
-    report = await evaluate_held_out(NluSettings(mode="managed"), rasa.url, rasa.token)
-    assert report.harmful_total <= 1, report.harmful  # a costly intent (nlu.evaluate.HARMFUL_INTENTS) read into another
-
-
-@pytest.mark.xfail(reason="goal not reached with the FAQ's retrieval intent in the same model: 1 held-out message "
-                   "(运费怎么算) is read as join_group_buy; the flows ask before a costly step", strict=False)
 async def test_held_out_set_has_no_harmful_misroutes(rasa: ManagedRasa) -> None:
+    """The issue's goal: no held-out message read as a costly intent it did not mean (nlu.evaluate.HARMFUL_INTENTS),
+    with the starter FAQ's retrieval intent in the same model."""
     report = await evaluate_held_out(NluSettings(mode="managed"), rasa.url, rasa.token)
     assert report.harmful_total == 0, report.harmful
 
