@@ -12,6 +12,7 @@ Under pytest-xdist each worker has its own templates and its own Redis database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
@@ -57,6 +58,23 @@ async def drop_pg_database(name: str) -> None:
         await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def store_at_revision(backend: str, tmp_path: Path, revision: str) -> AsyncIterator[str]:
+    """A store of its own ("sqlite" or "postgres") migrated up to `revision`, for a migration's test to fill
+    with the rows of before and upgrade: its URL. The PostgreSQL database is dropped afterwards."""
+    name = ""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'scrm.db'}"
+    else:
+        name, url = await create_pg_database()
+    try:
+        await upgrade_async(url, revision)
+        yield url
+    finally:
+        if name:
+            await drop_pg_database(name)
 
 
 async def flush_test_redis() -> None:

@@ -17,7 +17,7 @@ from crm_store.migrate import upgrade_async
 from crm_store.models import TimelineEvent
 from crm_store.reports import funnel_report
 from crm_store.reports_bot import nlu_report
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import store_at_revision
 
 LIFECYCLE = Lifecycle(LifecycleSettings())
 BEFORE = """
@@ -48,25 +48,16 @@ async def _texts(session: AsyncSession, customer_id: int) -> list[dict[str, obje
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store_at_0007(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A store migrated to 0007 (before stages reached and the JSONB timeline) holding BEFORE's rows."""
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'scrm.db'}"
-    else:
-        name, url = await create_pg_database()
-    try:
-        await upgrade_async(url, "0007")
+    async with store_at_revision(request.param, tmp_path, "0007") as url:
         engine = create_engine(url)
         async with engine.begin() as connection:
-            if name:  # the times below are UTC, as the store keeps them
+            if request.param == "postgres":  # the times below are UTC, as the store keeps them
                 await connection.execute(text("SET LOCAL TIME ZONE 'UTC'"))
             for statement in BEFORE.split(";"):
                 if statement.strip():
                     await connection.execute(text(statement))
         await engine.dispose()
         yield url
-    finally:
-        if name:
-            await drop_pg_database(name)
 
 
 async def test_0008_fills_in_stages_reached_from_the_history_and_keeps_the_timeline_readable(

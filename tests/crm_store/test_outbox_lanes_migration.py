@@ -16,7 +16,7 @@ from crm_store import work_queue
 from crm_store.db import create_engine, session_factory
 from crm_store.migrate import alembic_config, upgrade_async
 from crm_store.models import Lane, OutboxItem
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.conftest import store_at_revision
 
 ROWS = {  # dedup_key -> status, as the writers of each kind key their rows
     "nurture:17": "pending",  # a sequence step or a push (bot/nurture_dispatch.py)
@@ -31,13 +31,7 @@ ROWS = {  # dedup_key -> status, as the writers of each kind key their rows
 @pytest.fixture(params=["sqlite", "postgres"])
 async def outbox_at_0012(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A store migrated to 0012 (before lanes) whose outbox holds ROWS, oldest first."""
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'scrm.db'}"
-    else:
-        name, url = await create_pg_database()
-    try:
-        await upgrade_async(url, "0012")
+    async with store_at_revision(request.param, tmp_path, "0012") as url:
         engine = create_engine(url)
         async with engine.begin() as connection:
             for key, status in ROWS.items():
@@ -47,9 +41,6 @@ async def outbox_at_0012(request: pytest.FixtureRequest, tmp_path: Path) -> Asyn
                     "'2026-12-01 10:00:00')"), {"key": key, "queue": f"q:{key}", "status": status})
         await engine.dispose()
         yield url
-    finally:
-        if name:
-            await drop_pg_database(name)
 
 
 async def test_0013_puts_nurture_rows_in_the_marketing_lane_and_the_rest_in_the_transactional(
