@@ -23,7 +23,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as redis_asyncio
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from crm_store.db import create_engine, session_factory
 from crm_store.migrate import upgrade_async
 
 PG_ADMIN_DSN = os.environ.get("SCRM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -119,6 +121,17 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path, sqlite_templat
     finally:
         await flush_test_redis()
         await drop_pg_database(name)
+
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
+    """Sessions on the test's own store (`backend`), for tests of the store's functions."""
+    engine = create_engine(backend.store_url)
+    yield session_factory(engine)
+    await engine.dispose()
 
 
 @pytest.fixture

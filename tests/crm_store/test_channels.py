@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_store.channels import (
     ChannelError,
@@ -24,22 +22,13 @@ from crm_store.channels import (
     validate_spec,
 )
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.growth_models import EntryChannel
 from crm_store.models import Customer
-from tests.conftest import Backend
+from tests.conftest import Backend, Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 DAY = "2024-06-01"
 PURCHASE = ["customer", "repeat", "loyal"]
 POSTER = ChannelSpec("门店海报", "contact_way", reps=("zhang", "li", "wang"), daily_cap=2, cost_cents=30_000)
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def new_channel(sessions: Sessions, code: str, spec: ChannelSpec = POSTER) -> EntryChannel:

@@ -6,30 +6,17 @@ crm_store.customers.write_timeline writes them), a follow-up comes minutes later
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
-import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from crm_store.customers import resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.faq_queries import FAQ_ANSWERED, FAQ_OFFERED, TURN_UNANSWERED
 from crm_store.faq_reports import FaqEntryStats, faq_stats, unanswered
 from crm_store.models import TimelineEvent, utcnow
-from tests.conftest import Backend
+from tests.conftest import Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 START = utcnow().replace(microsecond=0) - timedelta(hours=2)
 Event = tuple[int, str, dict[str, Any]]  # minutes after START, kind, data
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def timeline(sessions: Sessions, *customers: list[Event]) -> list[int]:

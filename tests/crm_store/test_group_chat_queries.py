@@ -7,14 +7,13 @@ callbacks and the full sync do), and crosses a day boundary of Asia/Shanghai ins
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customer_queries import find_customers
 from crm_store.customers import Profile, resolve_customer
@@ -25,9 +24,8 @@ from crm_store.group_chat_reports import group_chats_report
 from crm_store.group_chat_tags import GroupTagError, tag_groups, tags_of
 from crm_store.group_chats import GroupInfo, apply_group
 from crm_store.tags import sync_catalog
-from tests.conftest import Backend
+from tests.conftest import Backend, Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 CATALOG: dict[str, tuple[str, ...]] = {"群": ("新品群", "老客群")}
 SHANGHAI = "Asia/Shanghai"
 
@@ -84,13 +82,6 @@ async def known_groups(session: AsyncSession) -> Known:
         member("li", "2026-11-30 00:00", type_=1, scene=0),
         member("wmA", "2026-12-03 01:00", scene=1, invitor="li")]), at("2026-12-03 02:00"))
     return Known(jia.id, yi.id, bing.id)
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 @pytest.fixture

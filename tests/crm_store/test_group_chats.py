@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from crm_store.customers import Profile, find_identity, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.group_chat_members import customer_ids_for
 from crm_store.group_chat_models import GroupChat, GroupChatChange, GroupChatMember, GroupJoinCode
 from crm_store.group_chats import (
@@ -29,18 +27,10 @@ from crm_store.group_chats import (
     scene_name,
 )
 from crm_store.models import Customer, Identity, TimelineEvent
-from tests.conftest import Backend
+from tests.conftest import Backend, Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 JOINED = 1_764_579_600  # 2025-12-01 09:00 UTC
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 def member(userid: str, type_: int = 2, scene: int = 3, state: str = "", joined: int = JOINED,

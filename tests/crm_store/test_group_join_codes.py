@@ -4,15 +4,12 @@ groups a code learns once, and the figures per code (joins, leaves, members now,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_store.customers import Profile, resolve_customer
-from crm_store.db import create_engine, session_factory
 from crm_store.group_chat_models import GroupChat, GroupChatChange, GroupChatMember, GroupJoinCode
 from crm_store.group_code_reports import code_report, list_codes
 from crm_store.group_join_codes import (
@@ -32,19 +29,11 @@ from crm_store.group_join_codes import (
     validate,
 )
 from crm_store.models import Customer, Tag
-from tests.conftest import Backend
+from tests.conftest import Backend, Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 PURCHASE = ["customer", "repeat", "loyal"]
 SPEC = GroupCodeSpec("新品群活码", ("wr1", "wr2"), room_base_name="新品群", welcome_text="欢迎 %NICKNAME%",
                      welcome_link=WelcomeLink("新品", "https://shop.example.com/new"), tags=("新品群",), fission=True)
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def groups(sessions: Sessions, *chat_ids: str, dismissed: tuple[str, ...] = ()) -> None:

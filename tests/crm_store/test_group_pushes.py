@@ -4,14 +4,12 @@ occurrence under concurrency, cancelling and counting."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from crm_store.db import create_engine, session_factory
 from crm_store.group_chat_models import GroupChat, GroupChatTag, GroupJoinCode, GroupPush, GroupPushTarget
 from crm_store.group_pushes import (
     GroupPushError,
@@ -24,17 +22,9 @@ from crm_store.group_pushes import (
     list_group_pushes,
 )
 from crm_store.group_segments import GroupSegment, GroupSegmentError, count_groups, groups_in
-from tests.conftest import Backend
+from tests.conftest import Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def add_groups(sessions: Sessions, rows: list[tuple[str, str, str, tuple[str, ...]]],

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_store.customers import Profile, merge_customers, resolve_customer, timeline
-from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import (
     FunnelRow,
     Lifecycle,
@@ -24,17 +21,9 @@ from crm_store.lifecycle import (
 from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.models import Customer, StageChange
 from crm_store.reports import funnel_report
-from tests.conftest import Backend
+from tests.conftest import Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 LIFECYCLE = Lifecycle(LifecycleSettings())
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def customer_through(sessions: Sessions, name: str, *stages: str) -> int:

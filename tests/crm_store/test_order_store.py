@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_store.customers import Profile, resolve_customer, timeline
-from crm_store.db import create_engine, session_factory
 from crm_store.lifecycle import Lifecycle, StageNotAllowed, move_locked_stage
 from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.models import Customer, StageChange
 from crm_store.orders import OrderExists, insert_order, lock_order_customer, save_result
-from tests.conftest import Backend
+from tests.conftest import Sessions
 
-Sessions = async_sessionmaker[AsyncSession]
 LIFECYCLE = Lifecycle(LifecycleSettings())
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
 
 
 async def test_a_locked_stage_move_writes_what_set_stage_writes_and_leaves_nothing_to_flush(sessions: Sessions

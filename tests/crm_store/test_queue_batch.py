@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_store import work_queue
-from crm_store.db import create_engine, session_factory
 from crm_store.models import OutboxItem
 from crm_store.queue_batch import Note, Outcome, finish_many, note_many
-from tests.conftest import Backend
-
-Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
+from tests.conftest import Sessions
 
 
 async def claimed_rows(sessions: Sessions, count: int) -> list[OutboxItem]:

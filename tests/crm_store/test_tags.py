@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from crm_store.customers import Profile, resolve_customer, timeline
-from crm_store.db import create_engine, session_factory
 from crm_store.models import Customer, CustomerTag, OutboxItem, Tag
 from crm_store.tags import add_tags, has_tag, remove_tags, sync_catalog, tag_counts, tags_of
-from tests.conftest import Backend
-
-Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture
-async def sessions(backend: Backend) -> AsyncIterator[Sessions]:
-    engine = create_engine(backend.store_url)
-    yield session_factory(engine)
-    await engine.dispose()
+from tests.conftest import Backend, Sessions
 
 
 async def new_customer(
