@@ -22,23 +22,11 @@ from bot.sandbox.fake_quotas import Refusal
 from bot.sandbox.fake_wechat import FakeWeChat
 from bot.sandbox.simulator import Simulator
 from bot.settings import load_settings
+from tests.clock import Clock
 
 CORP, SECRET, OA_ID, OA_SECRET = "wwFakeCorp", "kf-secret", "wxOa", "oa-secret"
 KF, ANNA, OLIVER = "wkShop", "wmAnna", "oOliver"
 HOUR = 3600.0
-
-
-class Clock:
-    """The fake's `now`, moved by the test."""
-
-    def __init__(self) -> None:
-        self.at = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += seconds
 
 
 @dataclass

@@ -34,6 +34,7 @@ from crm_store.media_items import MediaItem
 from crm_store.media_store import MediaTooLarge
 from crm_store.models import TimelineEvent, utcnow
 from tests.bot.conftest import Bot
+from tests.clock import Clock
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 12
 JPEG = b"\xff\xd8\xff\xe0" + hashlib.sha256(b"jpeg").digest() * 100
@@ -234,15 +235,6 @@ async def test_a_fetcher_that_died_mid_download_leaves_the_item_to_be_claimed_af
 # --- the fake's media/upload and media/get --------------------------------------------------------
 
 CORP, SECRET, OA_ID, OA_SECRET = "wwFakeCorp", "kf-secret", "wxOa", "oa-secret"
-
-
-class Clock:
-    """The fake's `now`, moved by the test."""
-
-    at = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.at
 
 
 @pytest.fixture

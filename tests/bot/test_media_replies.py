@@ -31,6 +31,7 @@ from flows.loader import load_directory, load_sources
 from flows.model import Say
 from tests.bot.conftest import Bot
 from tests.bot.test_media_download import PNG
+from tests.clock import Clock
 from tests.flows.test_engine import flow_dir
 
 LOGO_FLOW = """flow: logo
@@ -41,23 +42,13 @@ steps:
 """
 
 
-class Clock:
-    """The platform's time and the uploader's, moved by the test."""
-
-    def __init__(self) -> None:
-        self.at = time.time()
-
-    def __call__(self) -> float:
-        return self.at
-
-
 @pytest.fixture
 async def logo_bot(start_bot, tmp_path: Path) -> tuple[Bot, Clock]:  # type: ignore[no-untyped-def]
     directory = flow_dir(tmp_path, logo=LOGO_FLOW)
     (directory / "assets").mkdir()
     (directory / "assets" / "logo.png").write_bytes(PNG)
     bot = await start_bot(flows={"directory": str(directory)}, media={"directory": str(tmp_path / "media")})
-    clock = Clock()
+    clock = Clock(time.time())
     bot.fake.now = clock
     uploads(bot).clock = clock
     return bot, clock

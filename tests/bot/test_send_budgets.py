@@ -33,22 +33,12 @@ from crm_store.customers import Profile, resolve_customer
 from crm_store.models import Lane, OutboxItem, as_utc, utcnow
 from tests.admin_cli.harness import ScrmRunner
 from tests.bot.conftest import Bot
+from tests.clock import Clock
 from tests.conftest import Backend
 
 KF = "wkBudget"
 PER_MINUTE, OA_PER_DAY = 50, 30
 MARKETING_SHARE = 0.8  # of the 50 a minute: 40 for pushes, the rest kept for replies
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.at = time.time()
-
-    def __call__(self) -> float:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += seconds
 
 
 def lowered(platform: Platform, account: str, path: str, share: float) -> Budget | None:
@@ -91,7 +81,7 @@ class Senders:
 @pytest.fixture
 async def senders(start_bot, backend: Backend) -> AsyncIterator[Senders]:  # type: ignore[no-untyped-def]
     bot: Bot = await start_bot()
-    clock = Clock()
+    clock = Clock(time.time())
     bot.fake.now = clock
     prefix = f"test:{uuid.uuid4().hex}:"
     shared = MemoryState(clock)  # SQLite: one process's state, shared by both pairs
@@ -210,7 +200,7 @@ async def test_the_oa_daily_custom_send_limit_is_waited_out_not_failed(senders: 
 
 def test_the_fake_refuses_custom_sends_past_the_oas_daily_limit_with_45009() -> None:
     fake = FakeWeChat("wwCorp", ["secret"], "wxOa", "oa-secret")
-    clock = Clock()
+    clock = Clock(time.time())
     fake.now, fake.oa_custom_sends_per_day = clock, 2
     assert [fake.over_api_rate("message/custom/send") for _ in range(3)] == [False, False, True]
     assert fake.refused == [Refusal("message/custom/send", 45009, "", clock.at)]
@@ -255,7 +245,7 @@ async def test_left_reports_each_api_and_window(senders: Senders) -> None:
 
 
 async def test_take_waits_briefly_or_says_not_before() -> None:
-    clock = Clock()
+    clock = Clock(time.time())
     slept: list[float] = []
 
     async def sleep(seconds: float) -> None:

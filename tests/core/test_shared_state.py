@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from core.shared_state import LockNotAcquired, MemoryState, RateWindow, RedisState, SharedState
+from tests.clock import Clock
 from tests.conftest import REDIS_TEST_URL
 
 
@@ -77,17 +78,6 @@ async def test_ping(state: SharedState) -> None:
 
 
 # --- rolling windows (`take`), on a clock the test moves: no sleeping ---------------------------------------
-class Clock:
-    def __init__(self) -> None:
-        self.at = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += seconds
-
-
 MINUTE, HOUR = RateWindow(60.0, 5), RateWindow(3600.0, 8)
 EPSILON = 1e-3  # the float arithmetic of bucket edges
 
