@@ -27,6 +27,7 @@ from crm_store.handoff_settings import HandoffSettings
 from crm_store.lifecycle_settings import LifecycleSettings
 from crm_store.media_settings import MediaSettings
 from crm_store.nurture_settings import NurtureSettings
+from flows.loader import FlowLoadError, intents_of_domain
 from flows.settings import FlowSettings
 from nlu.settings import NluSettings
 
@@ -233,6 +234,22 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.handoff.high_value.stages) - {stage.id for stage in self.lifecycle.stages})
         if unknown:
             raise ValueError(f"handoff.high_value names unknown stage(s) {unknown}; the lifecycle defines them")
+        return self
+
+    @model_validator(mode="after")
+    def _faq_intents_known(self) -> Settings:
+        """A misspelt intent in flows.faq_answers_intents would quietly never match: name it instead."""
+        domain = self.nlu.project_path() / "domain.yml"
+        if not self.flows.faq_answers_intents or not domain.is_file():
+            return self
+        try:
+            known = intents_of_domain(domain)
+        except FlowLoadError:
+            return self  # unreadable: the flows' own validation names the file and the reason
+        unknown = sorted(set(self.flows.faq_answers_intents) - known)
+        if unknown:
+            raise ValueError(f"flows.faq_answers_intents names unknown intent(s) {unknown}; the NLU domain "
+                             f"({domain}) defines: {', '.join(sorted(known))}")
         return self
 
     @model_validator(mode="after")

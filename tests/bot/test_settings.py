@@ -52,6 +52,14 @@ def test_missing_key_is_named(tmp_path: Path) -> None:
         load_settings(config)
 
 
+def test_a_misspelt_intent_the_faq_answers_is_named() -> None:
+    os.environ["SCRM__FLOWS__FAQ_ANSWERS_INTENTS"] = '["ask_shiping"]'
+    with pytest.raises(SettingsError, match=r"faq_answers_intents names unknown intent\(s\) \['ask_shiping'\].*ask_shipping"):
+        load_settings()
+    os.environ["SCRM__FLOWS__FAQ_ANSWERS_INTENTS"] = '["ask_shipping", "ask_product"]'
+    assert load_settings().flows.faq_answers_intents == ("ask_shipping", "ask_product")
+
+
 def test_bad_aes_key_is_refused() -> None:
     os.environ["SCRM__WECOM__APP__ENCODING_AES_KEY"] = "short"
     with pytest.raises(SettingsError, match="wecom.app.encoding_aes_key"):
